@@ -1,0 +1,64 @@
+"""The public verbs. Each takes plain arguments and returns plain objects or a Run.
+
+import torchgraft as tg
+run = tg.train("mnist5k", model="efficientnet_lite0", epochs=2)
+predictions = tg.predict(run, ["digit.png"], top_k=3)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from torchgraft.artifact import Run
+from torchgraft.config import RunConfig, dotted_overrides, load_train_config
+from torchgraft.data import load_display_names
+from torchgraft.serve.predictor import ImageInput, Prediction, Predictor
+
+
+def train_config(config: str | Path | None = None, **settings: Any) -> RunConfig:
+    """The validated config `train` would use: a YAML file, then flat `settings` on top."""
+    path = Path(config) if config is not None else None
+    return load_train_config(path, dotted_overrides(settings))
+
+
+def train(
+    data: str | Path | None = None, *, config: str | Path | None = None, **settings: Any
+) -> Run:
+    """Train a classifier and return its run directory.
+
+    `data` is a bundled set (mnist5k, digits) or a folder; `settings` are any config fields by
+    their flat names (model, epochs, lr, image_size, ...); `config` a YAML file under them.
+    """
+    from torchgraft.train import fit
+
+    if data is not None:
+        settings["data"] = str(data)
+    return fit(train_config(config, **settings))
+
+
+def load_run(run: Run | str | Path) -> Run:
+    return run if isinstance(run, Run) else Run.load(run)
+
+
+def predictor(
+    run: Run | str | Path, device: str = "cpu", class_names: str | Path | None = None
+) -> Predictor:
+    """A loaded model for repeated predictions; `class_names` overrides the display names."""
+    loaded = Predictor.from_run(load_run(run), device=device)
+    if class_names is not None:
+        loaded.display_names = load_display_names(class_names, loaded.info.class_names)
+    return loaded
+
+
+def predict(
+    run: Run | str | Path,
+    images: ImageInput | Iterable[ImageInput],
+    top_k: int = 3,
+    *,
+    device: str = "cpu",
+    class_names: str | Path | None = None,
+) -> list[Prediction]:
+    """Top-k predictions for paths, PIL images, NumPy arrays or tensors (single or batched)."""
+    return predictor(run, device, class_names).predict(images, top_k=top_k)

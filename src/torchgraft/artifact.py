@@ -1,0 +1,165 @@
+"""The run directory: graft.json (plain data) and model.safetensors (tensors only).
+
+Every stage reads and writes a run through this module. Writes are atomic (temporary name,
+fsync, rename), so a killed process never leaves a half-written file, and loading never
+unpickles: a run from a stranger cannot execute code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from torchgraft.errors import UserError
+
+RUN_FILE = "graft.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Preprocessing:
+    """What an image goes through before the network; it travels with the weights."""
+
+    image_size: int  # square side length in pixels fed to the network
+    resize_mode: str  # crop, pad or squash
+    mean: tuple[float, ...]  # per-channel mean applied after scaling to [0, 1]
+    std: tuple[float, ...]  # per-channel standard deviation
+    channels: int = 3  # 3 for RGB, 1 for grayscale
+    interpolation: str = "bilinear"  # resampling filter used when resizing
+
+
+@dataclass
+class RunInfo:
+    """Everything in graft.json."""
+
+    model_name: str  # registry or timm name of the architecture
+    class_names: list[str]  # label index -> class (folder) name
+    display_names: list[str]  # label index -> human-readable name
+    preprocessing: Preprocessing
+    temperature: float = 1.0  # logits are divided by this before softmax (calibration)
+    config: dict[str, Any] = field(default_factory=dict)  # the resolved training config
+    data_fingerprint: str = ""  # hash of the training data (paths, sizes, labels)
+    metrics: dict[str, Any] = field(default_factory=dict)  # headline results, e.g. val_accuracy
+    versions: dict[str, str] = field(default_factory=dict)  # library versions that made it
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> RunInfo:
+        data = json.loads(text)
+        data["preprocessing"] = Preprocessing(**data["preprocessing"])
+        data["preprocessing"].mean = tuple(data["preprocessing"].mean)
+        data["preprocessing"].std = tuple(data["preprocessing"].std)
+        return cls(**data)
+
+
+def library_versions() -> dict[str, str]:
+    import timm
+    import torchvision
+
+    import torchgraft
+
+    return {
+        "torchgraft": torchgraft.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+    }
+
+
+class Run:
+    """A run directory on disk. `Run.load(path)` for an existing one, `Run.create` for new."""
+
+    def __init__(self, path: Path, info: RunInfo) -> None:
+        self.path = path
+        self.info = info
+
+    @classmethod
+    def load(cls, path: str | Path) -> Run:
+        path = Path(path)
+        run_file = path / RUN_FILE
+        if not run_file.is_file():
+            raise UserError(
+                f"no run at {path}: {RUN_FILE} is missing. Pass the folder `graft train` "
+                f"created (for example --run runs/NAME)."
+            )
+        try:
+            info = RunInfo.from_json(run_file.read_text())
+        except (json.JSONDecodeError, TypeError, KeyError) as error:
+            raise UserError(f"{run_file} is not a valid torchgraft run file: {error}") from None
+        return cls(path, info)
+
+    @classmethod
+    def create(cls, path: Path, info: RunInfo) -> Run:
+        path.mkdir(parents=True, exist_ok=True)
+        run = cls(path, info)
+        run.save_info()
+        return run
+
+    def save_info(self) -> None:
+        atomic_write_bytes(self.path / RUN_FILE, self.info.to_json().encode())
+
+    def save_weights(self, state_dict: dict[str, torch.Tensor], name: str = WEIGHTS_FILE) -> None:
+        save_tensors(self.path / name, state_dict)
+
+    def load_weights(self, name: str = WEIGHTS_FILE) -> dict[str, torch.Tensor]:
+        weights_file = self.path / name
+        if not weights_file.is_file():
+            raise UserError(f"{weights_file} is missing: the run has no trained weights yet.")
+        return load_tensors(weights_file)
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write tensors as safetensors, atomically. Shared or strided tensors are copied first."""
+    contiguous = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
+    atomic_write_bytes(path, save_safetensors(contiguous))
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_safetensors(path.read_bytes())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,226 @@
+"""The `graft` command: each subcommand is a few lines over torchgraft.api.
+
+Only this module prints. User errors become one line on stderr and exit status 2; runtime
+failures exit 1; Ctrl-C exits 130 after training has kept its best weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from torchgraft.config import AUGMENTATIONS, DEVICES, RESIZE_MODES, default_of
+from torchgraft.errors import GraftError
+
+app = typer.Typer(
+    name="graft",
+    help="torchgraft: train, fine-tune and use image classifiers, offline by default.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+T = TypeVar("T")
+
+
+def _default(dotted: str) -> str:
+    return f"(default: {default_of(dotted)})"
+
+
+def _option(dotted: str, help_text: str, *flags: str) -> Any:
+    """A CLI option whose absence means "use the config file or the default"."""
+    return typer.Option(*flags, help=f"{help_text} {_default(dotted)}", show_default=False)
+
+
+@app.command()
+def train(
+    data: Annotated[
+        str | None,
+        typer.Argument(
+            help="A folder with one sub-folder per class (or train/ and val/ folders), or a "
+            f"bundled set: mnist5k, digits. {_default('data.source')}",
+            show_default=False,
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="YAML file with data/model/train sections; flags given here override it."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        _option("model.name", "Backbone: efficientnet_lite0, mlp, cnn, or any timm model name."),
+    ] = None,
+    weights: Annotated[
+        str | None,
+        _option(
+            "model.weights", "Local pretrained weights file (.safetensors/.pth) for the backbone."
+        ),
+    ] = None,
+    pretrained: Annotated[
+        bool | None,
+        typer.Option(
+            "--pretrained/--no-pretrained",
+            help="Start from pretrained weights. (default: pretrained)",
+            show_default=False,
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None, _option("train.epochs", "Epochs fine-tuning the whole network.")
+    ] = None,
+    freeze_epochs: Annotated[
+        int | None,
+        _option(
+            "train.freeze_epochs",
+            "Epochs training only the new head on the frozen backbone (0: plain fine-tune).",
+        ),
+    ] = None,
+    lr: Annotated[
+        float | None, _option("train.lr", "Peak learning rate of the head (one-cycle).")
+    ] = None,
+    backbone_lr_divisor: Annotated[
+        float | None,
+        _option(
+            "train.backbone_lr_divisor",
+            "Backbone learning rate is lr divided by this while fine-tuning.",
+        ),
+    ] = None,
+    weight_decay: Annotated[
+        float | None, _option("train.weight_decay", "AdamW weight decay.")
+    ] = None,
+    batch_size: Annotated[int | None, _option("data.batch_size", "Images per step.")] = None,
+    image_size: Annotated[
+        int | None,
+        _option(
+            "data.image_size",
+            "Training resolution in pixels (None: the model's default; 64 for bundled digits).",
+        ),
+    ] = None,
+    resize: Annotated[
+        str | None, _option("data.resize", f"Resize mode: {', '.join(RESIZE_MODES)}.")
+    ] = None,
+    augment: Annotated[
+        str | None, _option("data.augment", f"Augmentation preset: {', '.join(AUGMENTATIONS)}.")
+    ] = None,
+    val_fraction: Annotated[
+        float | None,
+        _option(
+            "data.val_fraction",
+            "Share of each class held out for validation when there is no val/ folder.",
+        ),
+    ] = None,
+    class_names: Annotated[
+        str | None,
+        _option(
+            "data.class_names",
+            "JSON file mapping class folder names to display names (cat_to_name.json).",
+        ),
+    ] = None,
+    num_workers: Annotated[
+        int | None,
+        _option(
+            "data.num_workers", "Data-loading worker processes (keep workers + threads <= cores)."
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        _option("train.seed", "Random seed for the split, initialisation and shuffling."),
+    ] = None,
+    device: Annotated[str | None, _option("train.device", f"Device: {', '.join(DEVICES)}.")] = None,
+    name: Annotated[
+        str | None,
+        _option("train.name", "Run name (folder under --runs-dir); default <model>-<data>."),
+    ] = None,
+    runs_dir: Annotated[
+        str | None, _option("train.runs_dir", "Parent folder for run directories.")
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars; only the result.")
+    ] = False,
+) -> None:
+    """Train a classifier: a new head on a frozen backbone, then fine-tune the whole network."""
+    settings = {
+        key: value
+        for key, value in locals().items()
+        if value is not None and key not in ("config", "quiet")
+    }
+    if quiet:
+        settings["quiet"] = True
+    from torchgraft import api
+
+    run = _guard(lambda: api.train(config=config, **settings), quiet)
+    accuracy = run.info.metrics.get("val_accuracy")
+    typer.echo(
+        f"run saved to {run.path}"
+        + (f" (validation accuracy {accuracy:.2%})" if accuracy is not None else "")
+    )
+
+
+@app.command()
+def predict(
+    images: Annotated[
+        list[Path], typer.Argument(help="Image files to classify.", show_default=False)
+    ],
+    run: Annotated[Path, typer.Option(help="Run directory made by `graft train` (runs/NAME).")],
+    top_k: Annotated[int, typer.Option(min=1, help="How many classes to show per image.")] = 3,
+    class_names: Annotated[
+        Path | None,
+        typer.Option(help="JSON file mapping class names to display names (overrides the run's)."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="Device to run on (cpu, cuda, mps).")] = "cpu",
+) -> None:
+    """Print the top-k classes, with display names and probabilities, for each image."""
+    from torchgraft import api
+
+    predictions = _guard(
+        lambda: api.predict(run, images, top_k, device=device, class_names=class_names)
+    )
+    for prediction in predictions:
+        typer.echo(prediction.source)
+        for rank, score in enumerate(prediction.top_k, start=1):
+            label = (
+                score.display_name
+                if score.display_name == score.class_name
+                else f"{score.display_name} ({score.class_name})"
+            )
+            typer.echo(f"  {rank}. {label:<30} {score.probability:7.2%}")
+
+
+@app.command("models")
+def list_models() -> None:
+    """List the registered backbones (any timm model name works too)."""
+    from torchgraft.models import get_spec, registered_names
+
+    for model_name in registered_names():
+        typer.echo(f"{model_name:<20} {get_spec(model_name).description}")
+
+
+def _guard(action: Callable[[], T], quiet: bool = False) -> T:
+    """Run `action`, turning torchgraft errors and Ctrl-C into a message and an exit status."""
+    _configure_logging(quiet)
+    try:
+        return action()
+    except GraftError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(error.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the best weights so far are kept in the run directory", err=True)
+        raise typer.Exit(130) from None
+
+
+def _configure_logging(quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main() -> None:
+    app()

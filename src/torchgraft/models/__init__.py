@@ -1,0 +1,15 @@
+"""Models: the backbone registry, bundled weights, from-scratch nets, the grafted classifier."""
+
+from torchgraft.models.classifier import GraftedClassifier, create_classifier
+from torchgraft.models.registry import BackboneSpec, get_spec, register, registered_names
+from torchgraft.models.weights import read_weights_file
+
+__all__ = [
+    "BackboneSpec",
+    "GraftedClassifier",
+    "create_classifier",
+    "get_spec",
+    "read_weights_file",
+    "register",
+    "registered_names",
+]

@@ -1,0 +1,124 @@
+"""The `graft` command end to end, in subprocesses, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GRAFT = [sys.executable, "-m", "torchgraft"]
+
+
+def graft(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*GRAFT, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=900,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"},
+    )
+
+
+def test_help_explains_every_option() -> None:
+    assert "train" in graft("--help").stdout and "predict" in graft("--help").stdout
+    train_help = graft("train", "--help").stdout
+    for flag in (
+        "--model",
+        "--weights",
+        "--epochs",
+        "--freeze-epochs",
+        "--lr",
+        "--batch-size",
+        "--image-size",
+        "--resize",
+        "--augment",
+        "--val-fraction",
+        "--class-names",
+        "--seed",
+        "--device",
+        "--name",
+        "--runs-dir",
+        "--config",
+        "--quiet",
+    ):
+        line = next(line for line in train_help.splitlines() if flag in line)
+        assert len(line.split(flag, 1)[1].strip()) > 10, f"{flag} has no explanation"
+    predict_help = graft("predict", "--help").stdout
+    for flag in ("--run", "--top-k", "--class-names", "--device"):
+        assert flag in predict_help
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("train", "/no/such/dir"),
+        ("predict", "x.jpg", "--run", "/no/such/run"),
+        ("train", "mnist5k", "--model", "resnet5O"),
+        ("train", "mnist5k", "--resize", "crpo"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_no_traceback(args: tuple[str, ...]) -> None:
+    result = graft(*args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("error: ")
+
+
+def test_python_dash_m_is_the_same_cli() -> None:
+    result = subprocess.run(["graft", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 or result.returncode == 127  # console script may be off PATH
+    assert graft("models").stdout.split()[0] == "cnn"
+
+
+def test_train_with_a_config_file_then_predict(tmp_path: Path) -> None:
+    from torchgraft.testing import make_image_folder
+
+    data = make_image_folder(tmp_path / "shapes", per_class=16, size=32)
+    (tmp_path / "run.yaml").write_text(
+        "model:\n  name: cnn\n"
+        "train:\n  epochs: 1\n  lr: 0.01\n"
+        "data:\n  image_size: 32\n  batch_size: 8\n"
+    )
+    names = tmp_path / "cat_to_name.json"
+    names.write_text(json.dumps({"circle": "Round thing"}))
+    result = graft(
+        "train",
+        str(data),
+        "--config",
+        "run.yaml",
+        "--epochs",
+        "5",
+        "--name",
+        "shapes",
+        "--class-names",
+        str(names),
+        "--quiet",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "runs" / "shapes"
+    info = json.loads((run / "graft.json").read_text())
+    assert info["config"]["train"]["epochs"] == 5  # the flag beat the file
+    assert info["config"]["train"]["lr"] == 0.01  # the file beat the default
+    assert (run / "model.safetensors").is_file()
+
+    image = next((data / "circle").iterdir())
+    shown = graft("predict", str(image), "--run", str(run), "--top-k", "2", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.strip().splitlines()
+    assert lines[0] == str(image) and len(lines) == 3
+    assert re.match(r"\s+1\. Round thing \(circle\)\s+\d+\.\d+%", lines[1])
+
+
+@pytest.mark.slow
+def test_mlp_from_scratch_reaches_90_percent_on_mnist5k(tmp_path: Path) -> None:
+    result = graft("train", "mnist5k", "--model", "mlp", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    accuracy = float(re.search(r"validation accuracy (\d+\.\d+)%", result.stdout).group(1))  # type: ignore[union-attr]
+    assert accuracy >= 90.0

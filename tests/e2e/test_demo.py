@@ -1,0 +1,28 @@
+"""`make demo`'s job: EfficientNet-Lite0 on mnist5k reaches 97% and predicts from files."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DEMO = Path(__file__).parents[2] / "examples" / "demo.py"
+
+
+@pytest.mark.slow
+def test_demo_reaches_97_percent_and_predicts(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(DEMO)], capture_output=True, text=True, cwd=tmp_path, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    accuracy = float(
+        re.search(r"Validation accuracy of the saved run: (\d+\.\d+)%", result.stdout).group(1)
+    )  # type: ignore[union-attr]
+    assert accuracy >= 97.0
+    predictions = re.findall(r"val_\d\.png: true (\d) -> (\d) ", result.stdout)
+    assert len(predictions) == 5
+    run = tmp_path / "runs" / "efficientnet_lite0-mnist5k"
+    assert (run / "graft.json").is_file() and (run / "model.safetensors").is_file()

@@ -1,0 +1,68 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from torchgraft.data import load_data, load_display_names, stratified_split
+from torchgraft.errors import UserError
+from torchgraft.testing import make_image_folder
+
+
+def test_class_folders_get_a_stratified_seeded_split(tmp_path: Path) -> None:
+    make_image_folder(tmp_path, classes=("a", "b", "c"), per_class=10)
+    splits = load_data(str(tmp_path), val_fraction=0.2, seed=1)
+    assert splits.class_names == ["a", "b", "c"]
+    assert np.bincount(splits.val.labels).tolist() == [2, 2, 2]
+    assert np.bincount(splits.train.labels).tolist() == [8, 8, 8]
+    assert not set(splits.train.images) & set(splits.val.images)
+    again = load_data(str(tmp_path), val_fraction=0.2, seed=1)
+    assert again.val.images == splits.val.images
+    other = load_data(str(tmp_path), val_fraction=0.2, seed=2)
+    assert other.val.images != splits.val.images
+
+
+@pytest.mark.parametrize("val_folder", ["val", "valid", "validation"])
+def test_split_folders_are_used_as_they_are(tmp_path: Path, val_folder: str) -> None:
+    make_image_folder(tmp_path, classes=("x", "y"), per_class=8, split=True, val_folder=val_folder)
+    splits = load_data(str(tmp_path))
+    assert splits.class_names == ["x", "y"]
+    assert len(splits.train) == 12 and len(splits.val) == 4
+    assert all(val_folder in str(p) for p in splits.val.images)
+
+
+def test_small_classes_still_get_a_validation_image() -> None:
+    labels = np.array([0, 0, 1, 1, 1, 1, 1, 1, 1, 1])
+    train, val = stratified_split(labels, 0.2, seed=0)
+    assert sorted(labels[val].tolist()) == [0, 1, 1]
+    assert len(train) + len(val) == len(labels)
+
+
+def test_bundled_sets() -> None:
+    mnist = load_data("mnist5k")
+    assert len(mnist.train) + len(mnist.val) == 5000
+    assert mnist.train.images.shape[1:] == (28, 28)
+    assert mnist.channels == 1
+    digits = load_data("digits")
+    assert len(digits.train) + len(digits.val) == 1797
+    assert digits.train.images.max() == 255
+
+
+def test_missing_folder_suggests_a_bundled_set() -> None:
+    with pytest.raises(UserError, match="Did you mean 'mnist5k'"):
+        load_data("mnist5")
+
+
+def test_folder_without_class_folders_says_how_to_lay_it_out(tmp_path: Path) -> None:
+    (tmp_path / "loose.jpg").write_bytes(b"")
+    with pytest.raises(UserError, match="no class folders"):
+        load_data(str(tmp_path))
+
+
+def test_display_names_from_cat_to_name_json(tmp_path: Path) -> None:
+    path = tmp_path / "cat_to_name.json"
+    path.write_text(json.dumps({"1": "pink primrose", "3": "canterbury bells"}))
+    assert load_display_names(path, ["1", "2", "3"]) == ["pink primrose", "2", "canterbury bells"]
+    path.write_text(json.dumps({"99": "nothing"}))
+    with pytest.raises(UserError, match="Keys must be the class folder names"):
+        load_display_names(path, ["1", "2"])

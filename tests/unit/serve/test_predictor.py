@@ -1,0 +1,57 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from torchgraft import api
+from torchgraft.errors import UserError
+from torchgraft.testing import class_image
+
+
+def test_paths_pil_arrays_and_tensors_give_the_same_prediction(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    array = class_image(1, size=32, seed=99)
+    Image.fromarray(array).save(tmp_path / "x.png")
+    predictor = api.predictor(tiny_run)
+    inputs = [
+        tmp_path / "x.png",
+        str(tmp_path / "x.png"),
+        Image.fromarray(array),
+        array,
+        torch.from_numpy(array).permute(2, 0, 1),
+        torch.from_numpy(array).permute(2, 0, 1).float() / 255,
+    ]
+    probabilities = predictor.predict_proba(inputs)
+    assert probabilities.shape == (6, 3)
+    np.testing.assert_allclose(probabilities, probabilities[[0]].repeat(6, 0), atol=1e-3)
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, rtol=1e-5)
+
+
+def test_batched_arrays_count_as_many_images(tiny_run: Path) -> None:
+    batch = np.stack([class_image(label, 32, seed=7) for label in (0, 1, 2)])
+    predictions = api.predict(tiny_run, batch, top_k=2)
+    assert len(predictions) == 3
+    assert all(len(p.top_k) == 2 for p in predictions)
+    assert [p.class_name for p in predictions] == ["circle", "square", "triangle"]
+
+
+def test_top_k_is_sorted_and_capped_at_the_class_count(tiny_run: Path) -> None:
+    (prediction,) = api.predict(tiny_run, class_image(2, 32), top_k=10)
+    probabilities = [score.probability for score in prediction.top_k]
+    assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+
+
+def test_class_names_file_sets_display_names(tiny_run: Path, tmp_path: Path) -> None:
+    names = tmp_path / "names.json"
+    names.write_text('{"circle": "Round thing"}')
+    (prediction,) = api.predict(tiny_run, class_image(0, 32), top_k=3, class_names=names)
+    shown = {score.class_name: score.display_name for score in prediction.top_k}
+    assert shown == {"circle": "Round thing", "square": "square", "triangle": "triangle"}
+
+
+def test_missing_image_is_a_user_error(tiny_run: Path) -> None:
+    with pytest.raises(UserError, match="image not found"):
+        api.predict(tiny_run, ["no/such.jpg"])

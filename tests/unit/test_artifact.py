@@ -1,0 +1,57 @@
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from torchgraft.artifact import Preprocessing, Run, RunInfo, atomic_write_bytes
+from torchgraft.errors import UserError
+
+
+def _info() -> RunInfo:
+    return RunInfo(
+        model_name="cnn",
+        class_names=["a", "b"],
+        display_names=["Apple", "b"],
+        preprocessing=Preprocessing(32, "pad", (0.5,), (0.5,), channels=1),
+        temperature=1.5,
+    )
+
+
+def test_run_round_trips_info_and_weights(tmp_path: Path) -> None:
+    run = Run.create(tmp_path / "run", _info())
+    tensors = {"w": torch.randn(3, 4), "b": torch.arange(5)}
+    run.save_weights(tensors)
+    loaded = Run.load(tmp_path / "run")
+    assert loaded.info == run.info
+    assert loaded.info.preprocessing.mean == (0.5,)
+    for name, tensor in loaded.load_weights().items():
+        assert torch.equal(tensor, tensors[name])
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path: Path) -> None:
+    target = tmp_path / "file.json"
+    atomic_write_bytes(target, b"one")
+    atomic_write_bytes(target, b"two")
+    assert target.read_bytes() == b"two"
+    assert os.listdir(tmp_path) == ["file.json"]
+
+
+def test_missing_run_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"no run at .*graft.json is missing"):
+        Run.load(tmp_path / "nowhere")
+
+
+class _Boom:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("touch pwned",))
+
+
+def test_loading_weights_never_unpickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = Run.create(tmp_path / "run", _info())
+    (run.path / "model.safetensors").write_bytes(pickle.dumps(_Boom()))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Exception):  # noqa: B017 - any refusal is fine, execution is not
+        run.load_weights()
+    assert not (tmp_path / "pwned").exists()
