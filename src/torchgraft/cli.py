@@ -29,7 +29,9 @@ T = TypeVar("T")
 
 
 def _default(dotted: str) -> str:
-    return f"(default: {default_of(dotted)})"
+    """ "(default: X)" for help texts; settings whose default depends on the model say so."""
+    value = default_of(dotted)
+    return "" if value is None else f"(default: {value})"
 
 
 def _option(dotted: str, help_text: str, *flags: str) -> Any:
@@ -60,7 +62,9 @@ def train(
     weights: Annotated[
         str | None,
         _option(
-            "model.weights", "Local pretrained weights file (.safetensors/.pth) for the backbone."
+            "model.weights",
+            "Local pretrained weights file (.safetensors/.pth) for the backbone "
+            "(default: bundled weights, else the timm hub).",
         ),
     ] = None,
     pretrained: Annotated[
@@ -72,7 +76,12 @@ def train(
         ),
     ] = None,
     epochs: Annotated[
-        int | None, _option("train.epochs", "Epochs fine-tuning the whole network.")
+        int | None,
+        _option(
+            "train.epochs",
+            "Epochs fine-tuning the whole network "
+            "(default: 6 for a pretrained backbone, 10 from scratch).",
+        ),
     ] = None,
     freeze_epochs: Annotated[
         int | None,
@@ -82,7 +91,12 @@ def train(
         ),
     ] = None,
     lr: Annotated[
-        float | None, _option("train.lr", "Peak learning rate of the head (one-cycle).")
+        float | None,
+        _option(
+            "train.lr",
+            "Peak learning rate of the head, one-cycle "
+            "(default: 2e-3 for a pretrained backbone, 1e-2 from scratch).",
+        ),
     ] = None,
     backbone_lr_divisor: Annotated[
         float | None,
@@ -99,7 +113,8 @@ def train(
         int | None,
         _option(
             "data.image_size",
-            "Training resolution in pixels (None: the model's default; 64 for bundled digits).",
+            "Training resolution in pixels (default: the model's, e.g. 224; "
+            "64 for bundled digits, their own size from scratch).",
         ),
     ] = None,
     resize: Annotated[
@@ -119,7 +134,8 @@ def train(
         str | None,
         _option(
             "data.class_names",
-            "JSON file mapping class folder names to display names (cat_to_name.json).",
+            "JSON file mapping class folder names to display names "
+            "(cat_to_name.json; default: folder names).",
         ),
     ] = None,
     num_workers: Annotated[
@@ -135,7 +151,10 @@ def train(
     device: Annotated[str | None, _option("train.device", f"Device: {', '.join(DEVICES)}.")] = None,
     name: Annotated[
         str | None,
-        _option("train.name", "Run name (folder under --runs-dir); default <model>-<data>."),
+        _option(
+            "train.name",
+            "Run name, a folder under --runs-dir (default: <model>-<data>, numbered if taken).",
+        ),
     ] = None,
     runs_dir: Annotated[
         str | None, _option("train.runs_dir", "Parent folder for run directories.")

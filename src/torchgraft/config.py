@@ -63,9 +63,9 @@ class ModelConfig:
 class TrainConfig:
     name: str | None = None  # run name; None: <model>-<data>, numbered if taken
     runs_dir: str = "runs"  # parent folder of run directories
-    freeze_epochs: int = _at_least(2, 0)  # epochs training only the new head, backbone frozen
-    epochs: int = _at_least(3, 0)  # epochs fine-tuning the whole network
-    lr: float = _at_least(2e-3, 0.0)  # peak learning rate of the head (one-cycle schedule)
+    freeze_epochs: int = _at_least(3, 0)  # epochs training only the new head, backbone frozen
+    epochs: int | None = _at_least(None, 0)  # whole-network epochs; None: 6 pretrained, 10 scratch
+    lr: float | None = _at_least(None, 0.0)  # peak head lr (one-cycle); None: 2e-3, 1e-2 scratch
     backbone_lr_divisor: float = _at_least(10.0, 1.0)  # backbone lr = lr / this when fine-tuning
     weight_decay: float = _at_least(0.01, 0.0)  # AdamW decoupled weight decay
     seed: int = 0  # seeds the split, the initialisation and the shuffling

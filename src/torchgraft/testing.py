@@ -49,3 +49,98 @@ def make_image_folder(
             image = class_image(label, size, seed=label * 1000 + index)
             Image.fromarray(image).save(folder / f"{name}_{index:03d}{suffix}")
     return root
+
+
+# Odd-but-valid files (each must be trained on) and bad files (each must be skipped), by kind.
+ODD_KINDS = (
+    "cmyk_jpeg", "gray16_png", "rotated_jpeg", "rgba_png", "palette_png", "palette_alpha_gif",
+    "grayscale_jpeg", "webp", "bmp", "animated_gif", "tiff", "gray_alpha_png",
+)  # fmt: skip
+BAD_KINDS = (
+    "truncated_jpeg", "truncated_png", "corrupt_png", "empty_jpg", "text_as_jpg",
+    "html_as_png", "decompression_bomb",
+)  # fmt: skip
+
+
+def make_messy_folder(root: str | Path, per_class: int = 10, size: int = 32) -> dict[str, Path]:
+    """A two-class folder of good images plus one file of every odd and every bad kind.
+
+    Returns {kind: path} for the odd and bad files; everything else in the folder is a plain
+    PNG. Nothing is downloaded: every file is generated here.
+    """
+    root = make_image_folder(root, classes=("circle", "square"), per_class=per_class, size=size)
+    base = Image.fromarray(class_image(0, size, seed=4242))
+    folder = root / "circle"
+    files: dict[str, Path] = {}
+    for kind in ODD_KINDS + BAD_KINDS:
+        files[kind] = _WRITERS[kind](base, folder / kind)
+    return files
+
+
+def _save(image: Image.Image, path: Path, **options: object) -> Path:
+    image.save(path, **options)
+    return path
+
+
+def _truncated(image: Image.Image, path: Path, format_name: str) -> Path:
+    _save(image, path, format=format_name)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _corrupt_png(image: Image.Image, path: Path) -> Path:
+    _save(image, path, format="PNG")
+    data = bytearray(path.read_bytes())
+    data[60:80] = bytes(20)  # zero a stretch inside the image data: the CRC check fails
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _rotated(image: Image.Image, path: Path) -> Path:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display", as phones write
+    return _save(image.resize((image.width * 2, image.height)), path, exif=exif)
+
+
+def _gray16(image: Image.Image, path: Path) -> Path:
+    values = np.asarray(image.convert("L"), dtype=np.uint16) * 257
+    return _save(Image.fromarray(values), path)  # Pillow stores uint16 as mode I;16
+
+
+def _animated(image: Image.Image, path: Path) -> Path:
+    second = Image.fromarray(255 - np.asarray(image))
+    return _save(image, path, save_all=True, append_images=[second], duration=100)
+
+
+def _bomb(image: Image.Image, path: Path) -> Path:
+    # 10,000 x 10,000 one-bit pixels: a tiny PNG that would decode to 100 megapixels.
+    return _save(Image.new("1", (10_000, 10_000)), path, format="PNG")
+
+
+_WRITERS = {
+    "cmyk_jpeg": lambda im, p: _save(im.convert("CMYK"), p.with_suffix(".jpg")),
+    "gray16_png": lambda im, p: _gray16(im, p.with_suffix(".png")),
+    "rotated_jpeg": lambda im, p: _rotated(im, p.with_suffix(".jpg")),
+    "rgba_png": lambda im, p: _save(im.convert("RGBA"), p.with_suffix(".png")),
+    "palette_png": lambda im, p: _save(im.convert("P"), p.with_suffix(".png")),
+    "palette_alpha_gif": lambda im, p: _save(im.convert("P"), p.with_suffix(".gif"), transparency=0),
+    "grayscale_jpeg": lambda im, p: _save(im.convert("L"), p.with_suffix(".jpeg")),
+    "webp": lambda im, p: _save(im, p.with_suffix(".webp")),
+    "bmp": lambda im, p: _save(im, p.with_suffix(".bmp")),
+    "animated_gif": lambda im, p: _animated(im, p.with_suffix(".gif")),
+    "tiff": lambda im, p: _save(im, p.with_suffix(".tiff")),
+    "gray_alpha_png": lambda im, p: _save(im.convert("LA"), p.with_suffix(".png")),
+    "truncated_jpeg": lambda im, p: _truncated(im, p.with_suffix(".jpg"), "JPEG"),
+    "truncated_png": lambda im, p: _truncated(im, p.with_suffix(".png"), "PNG"),
+    "corrupt_png": lambda im, p: _corrupt_png(im, p.with_suffix(".png")),
+    "empty_jpg": lambda im, p: _write_bytes(p.with_suffix(".jpg"), b""),
+    "text_as_jpg": lambda im, p: _write_bytes(p.with_suffix(".jpg"), b"just some notes\n"),
+    "html_as_png": lambda im, p: _write_bytes(p.with_suffix(".png"), b"<html><body>404</body></html>"),
+    "decompression_bomb": lambda im, p: _bomb(im, p.with_suffix(".png")),
+}
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path

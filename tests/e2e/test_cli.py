@@ -70,10 +70,12 @@ def test_bad_input_exits_2_with_one_line_and_no_traceback(args: tuple[str, ...])
     assert result.stderr.startswith("error: ")
 
 
-def test_python_dash_m_is_the_same_cli() -> None:
-    result = subprocess.run(["graft", "--help"], capture_output=True, text=True)
-    assert result.returncode == 0 or result.returncode == 127  # console script may be off PATH
-    assert graft("models").stdout.split()[0] == "cnn"
+def test_console_script_and_python_dash_m_are_the_same_cli() -> None:
+    console_script = Path(sys.executable).parent / "graft"
+    result = subprocess.run([str(console_script), "models"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert result.stdout == graft("models").stdout
+    assert result.stdout.split()[0] == "cnn"
 
 
 def test_train_with_a_config_file_then_predict(tmp_path: Path) -> None:

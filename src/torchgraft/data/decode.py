@@ -1,30 +1,108 @@
-"""Turning files and in-memory images into uint8 tensors (C, H, W), the pipeline's currency."""
+"""Turning files and in-memory images into uint8 tensors (C, H, W), the pipeline's currency.
+
+Decoding never takes training down: a file that cannot be read raises `UnreadableImage` with
+a reason a person understands, and the caller skips it and lists it. What can be read is
+normalised: EXIF orientation applied; grayscale, palette, alpha (composited on white), CMYK
+and 16-bit images converted; GIFs read at their first frame.
+"""
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from torchgraft.errors import UserError
+
+# Pillow's own guard (about 89 megapixels) against decompression bombs, enforced as an error.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+_HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+class UnreadableImage(Exception):
+    """A file that cannot be used as an image; `reason` says why, for skipped.csv and doctor."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a successful decode learned about a file (for the data audit)."""
+
+    width: int
+    height: int
+    mode: str  # Pillow mode before conversion: RGB, L, P, RGBA, CMYK, I;16, ...
+    format: str  # JPEG, PNG, WEBP, ...
 
 
 def load_image(path: Path, channels: int) -> torch.Tensor:
     """Decode an image file to a (channels, H, W) uint8 tensor, upright (EXIF applied)."""
-    with Image.open(path) as image:
-        return pil_to_tensor(ImageOps.exif_transpose(image), channels)
+    return decode_file(path, channels)[0]
+
+
+def decode_file(path: Path, channels: int) -> tuple[torch.Tensor, ImageInfo]:
+    """Decode `path` fully (so truncation is caught here), or raise `UnreadableImage`."""
+    if path.stat().st_size == 0:
+        raise UnreadableImage(path, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                info = ImageInfo(image.width, image.height, image.mode, image.format or "?")
+                _refuse_bombs(path, image)
+                image.seek(0)  # the first frame of an animation
+                upright = ImageOps.exif_transpose(image)
+                upright.load()
+                return pil_to_tensor(upright, channels), info
+    except UnreadableImage:
+        raise
+    except UnidentifiedImageError:
+        raise UnreadableImage(path, "not an image (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UnreadableImage(path, "decompression bomb (too many pixels)") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as error:  # Pillow's corrupt-data errors
+        raise UnreadableImage(path, f"truncated or corrupt ({_first_line(error)})") from None
+
+
+def _refuse_bombs(path: Path, image: Image.Image) -> None:
+    if image.width * image.height > MAX_PIXELS:
+        raise UnreadableImage(
+            path, f"decompression bomb ({image.width}x{image.height} pixels, limit {MAX_PIXELS})"
+        )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def pil_to_tensor(image: Image.Image, channels: int) -> torch.Tensor:
     """A PIL image in any mode as a (channels, H, W) uint8 tensor; alpha is composited on white."""
+    if image.mode in _HIGH_BIT_MODES:
+        image = _to_8_bit(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
     image = image.convert("L" if channels == 1 else "RGB")
     array = np.array(image, dtype=np.uint8)  # a writable copy: PIL's buffer is read-only
     return array_to_tensor(array, channels)
+
+
+def _to_8_bit(image: Image.Image) -> Image.Image:
+    """16-bit and float images scaled into 0..255 (Pillow's convert would clip them)."""
+    values = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
+    if image.mode == "F" and values.max() <= 1.0:
+        top = 1.0
+    scaled = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
 
 
 def array_to_tensor(array: np.ndarray, channels: int) -> torch.Tensor:

@@ -1,0 +1,78 @@
+"""Resolving what a run needs before training: preprocessing, device, the run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from torchgraft.artifact import Preprocessing, Run, RunInfo, library_versions
+from torchgraft.config import DataConfig, RunConfig, to_dict
+from torchgraft.data import DataSplits, load_display_names
+from torchgraft.models.registry import BackboneSpec
+
+
+def resolve_preprocessing(
+    spec: BackboneSpec, data: DataConfig, splits: DataSplits
+) -> Preprocessing:
+    """Input size, channels and normalisation for this model on this data."""
+    return Preprocessing(
+        image_size=data.image_size or default_image_size(spec, splits.native_size),
+        resize_mode=data.resize,
+        mean=spec.mean,
+        std=spec.std,
+        channels=3 if spec.pretrainable else splits.channels,
+        interpolation=spec.interpolation,
+    )
+
+
+def default_image_size(spec: BackboneSpec, native_size: int | None) -> int:
+    """The model's own size, except for tiny bundled images (28 px digits).
+
+    Scratch nets use tiny images as they are; a pretrained backbone sees them upscaled to
+    64 px, enough for its stride-32 features and far cheaper than 224 px.
+    """
+    if native_size is None:
+        return spec.image_size
+    return native_size if not spec.pretrainable else max(native_size, 64)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA, then Apple's MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def create_run(config: RunConfig, splits: DataSplits, preprocessing: Preprocessing) -> Run:
+    """A new run directory whose graft.json already describes the model to come."""
+    class_names = splits.class_names
+    names_file = config.data.class_names
+    info = RunInfo(
+        model_name=config.model.name,
+        class_names=class_names,
+        display_names=load_display_names(names_file, class_names) if names_file else class_names,
+        preprocessing=preprocessing,
+        config=to_dict(config),
+        data_fingerprint=splits.fingerprint(),
+        versions=library_versions(),
+    )
+    return Run.create(
+        unique_run_path(config.train.runs_dir, config.train.name, config.model.name, splits.source),
+        info,
+    )
+
+
+def unique_run_path(runs_dir: str, name: str | None, model_name: str, source: str) -> Path:
+    """runs/<name>, or runs/<model>-<data>[-2, -3, ...] so earlier runs are never overwritten."""
+    if name:
+        return Path(runs_dir) / name
+    base = f"{model_name}-{Path(source).name or 'data'}"
+    candidate, number = Path(runs_dir) / base, 2
+    while candidate.exists():
+        candidate, number = Path(runs_dir) / f"{base}-{number}", number + 1
+    return candidate
