@@ -50,6 +50,7 @@ class RunInfo:
     temperature: float = 1.0  # logits are divided by this before softmax (calibration)
     config: dict[str, Any] = field(default_factory=dict)  # the resolved training config
     data_fingerprint: str = ""  # hash of the training data (paths, sizes, labels)
+    data_summary: dict[str, Any] = field(default_factory=dict)  # images used and skipped
     metrics: dict[str, Any] = field(default_factory=dict)  # headline results, e.g. val_accuracy
     versions: dict[str, str] = field(default_factory=dict)  # library versions that made it
     format_version: int = FORMAT_VERSION

@@ -30,6 +30,7 @@ from torchgraft.errors import UserError, did_you_mean
 RESIZE_MODES = ("crop", "pad", "squash")
 AUGMENTATIONS = ("none", "light", "trivial", "randaugment")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+CACHE_MODES = ("memory", "disk", "none")
 
 
 def _choice(default: str, choices: tuple[str, ...]) -> Any:
@@ -50,6 +51,10 @@ class DataConfig:
     batch_size: int = _at_least(64, 1)  # images per optimisation step
     num_workers: int = _at_least(0, 0)  # data-loading processes (0: load in the main process)
     class_names: str | None = None  # JSON file mapping folder name -> display name
+    cache: str = _choice("memory", CACHE_MODES)  # decode once: memory, disk (reused), none
+    cache_dir: str | None = (
+        None  # disk cache folder; None: $TORCHGRAFT_CACHE or ~/.cache/torchgraft
+    )
 
 
 @dataclass

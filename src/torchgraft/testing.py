@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -77,7 +78,7 @@ def make_messy_folder(root: str | Path, per_class: int = 10, size: int = 32) -> 
     return files
 
 
-def _save(image: Image.Image, path: Path, **options: object) -> Path:
+def _save(image: Image.Image, path: Path, **options: Any) -> Path:
     image.save(path, **options)
     return path
 
@@ -124,7 +125,9 @@ _WRITERS = {
     "rotated_jpeg": lambda im, p: _rotated(im, p.with_suffix(".jpg")),
     "rgba_png": lambda im, p: _save(im.convert("RGBA"), p.with_suffix(".png")),
     "palette_png": lambda im, p: _save(im.convert("P"), p.with_suffix(".png")),
-    "palette_alpha_gif": lambda im, p: _save(im.convert("P"), p.with_suffix(".gif"), transparency=0),
+    "palette_alpha_gif": lambda im, p: _save(
+        im.convert("P"), p.with_suffix(".gif"), transparency=0
+    ),
     "grayscale_jpeg": lambda im, p: _save(im.convert("L"), p.with_suffix(".jpeg")),
     "webp": lambda im, p: _save(im, p.with_suffix(".webp")),
     "bmp": lambda im, p: _save(im, p.with_suffix(".bmp")),
@@ -136,7 +139,9 @@ _WRITERS = {
     "corrupt_png": lambda im, p: _corrupt_png(im, p.with_suffix(".png")),
     "empty_jpg": lambda im, p: _write_bytes(p.with_suffix(".jpg"), b""),
     "text_as_jpg": lambda im, p: _write_bytes(p.with_suffix(".jpg"), b"just some notes\n"),
-    "html_as_png": lambda im, p: _write_bytes(p.with_suffix(".png"), b"<html><body>404</body></html>"),
+    "html_as_png": lambda im, p: _write_bytes(
+        p.with_suffix(".png"), b"<html><body>404</body></html>"
+    ),
     "decompression_bomb": lambda im, p: _bomb(im, p.with_suffix(".png")),
 }
 

@@ -10,18 +10,7 @@ from pathlib import Path
 
 import pytest
 
-GRAFT = [sys.executable, "-m", "torchgraft"]
-
-
-def graft(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*GRAFT, *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=900,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"},
-    )
+from tests.e2e.runner import graft
 
 
 def test_help_explains_every_option() -> None:

@@ -1,7 +1,14 @@
 """Data: sources, decoding, transforms and loaders."""
 
-from torchgraft.data.decode import array_to_tensor, load_image, pil_to_tensor
-from torchgraft.data.loaders import ImageDataset, make_loader
+from torchgraft.data.cache import CACHE_MODES, DecodedSplit, Skipped, decode_split
+from torchgraft.data.decode import (
+    UnreadableImage,
+    array_to_tensor,
+    decode_file,
+    load_image,
+    pil_to_tensor,
+)
+from torchgraft.data.loaders import CachedImageDataset, ImageDataset, make_loader, split_datasets
 from torchgraft.data.sources import (
     BUNDLED_SETS,
     DataSplits,
@@ -10,14 +17,27 @@ from torchgraft.data.sources import (
     load_display_names,
     stratified_split,
 )
-from torchgraft.data.transforms import eval_transform, resize_transform, train_transform
+from torchgraft.data.transforms import (
+    augmentation,
+    eval_transform,
+    resize_transform,
+    train_transform,
+)
 
 __all__ = [
     "BUNDLED_SETS",
+    "CACHE_MODES",
+    "CachedImageDataset",
     "DataSplits",
+    "DecodedSplit",
     "ImageDataset",
     "LabeledImages",
+    "Skipped",
+    "UnreadableImage",
     "array_to_tensor",
+    "augmentation",
+    "decode_file",
+    "decode_split",
     "eval_transform",
     "load_data",
     "load_display_names",
@@ -25,6 +45,7 @@ __all__ = [
     "make_loader",
     "pil_to_tensor",
     "resize_transform",
+    "split_datasets",
     "stratified_split",
     "train_transform",
 ]

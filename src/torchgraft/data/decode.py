@@ -49,7 +49,11 @@ def load_image(path: Path, channels: int) -> torch.Tensor:
 
 def decode_file(path: Path, channels: int) -> tuple[torch.Tensor, ImageInfo]:
     """Decode `path` fully (so truncation is caught here), or raise `UnreadableImage`."""
-    if path.stat().st_size == 0:
+    try:
+        size = path.stat().st_size
+    except OSError as error:  # a CSV row naming a missing file, a broken link, no permission
+        raise UnreadableImage(path, f"cannot open ({error.strerror or error})") from None
+    if size == 0:
         raise UnreadableImage(path, "empty file (0 bytes)")
     try:
         with warnings.catch_warnings():

@@ -9,8 +9,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from torchgraft.artifact import Preprocessing
+from torchgraft.data.cache import DecodedSplit
 from torchgraft.data.decode import array_to_tensor, load_image
 from torchgraft.data.sources import LabeledImages
+from torchgraft.data.transforms import augmentation, eval_transform, train_transform
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -53,4 +56,44 @@ def make_loader(
         generator=generator,
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),
+    )
+
+
+class CachedImageDataset(Dataset[tuple[torch.Tensor, int]]):
+    """Images already decoded and resized (rows of a uint8 array, perhaps memory-mapped)."""
+
+    def __init__(self, pixels: np.ndarray, labels: np.ndarray, augment: Transform | None) -> None:
+        self.pixels = pixels
+        self.labels = labels
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = torch.from_numpy(np.array(self.pixels[index]))  # a copy: memmaps are read-only
+        if self.augment is not None:
+            image = self.augment(image)
+        return image, int(self.labels[index])
+
+
+def split_datasets(
+    images: LabeledImages,
+    decoded: DecodedSplit,
+    preprocessing: Preprocessing,
+    augment: str,
+) -> tuple[Dataset[tuple[torch.Tensor, int]], Dataset[tuple[torch.Tensor, int]]]:
+    """(plain, augmented) datasets over the images that decoded, cached where possible."""
+    labels = images.labels[decoded.kept]
+    if decoded.pixels is not None:
+        extra = augmentation(preprocessing.image_size, augment)
+        return (
+            CachedImageDataset(decoded.pixels, labels, None),
+            CachedImageDataset(decoded.pixels, labels, extra),
+        )
+    readable = images.subset(decoded.kept)
+    channels = preprocessing.channels
+    return (
+        ImageDataset(readable, eval_transform(preprocessing), channels),
+        ImageDataset(readable, train_transform(preprocessing, augment), channels),
     )

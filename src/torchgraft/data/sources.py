@@ -6,6 +6,7 @@ images (file paths, or an in-memory uint8 array for bundled sets) with integer l
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 VAL_FOLDER_NAMES = ("val", "valid", "validation")
+LABEL_FILE_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 
 
 @dataclass
@@ -51,6 +53,17 @@ class DataSplits:
     channels: int = 3  # 1 when every image is grayscale (the bundled digit sets)
     native_size: int | None = None  # side length of the images when they all share one
 
+    def missing_classes(self) -> dict[str, list[str]]:
+        """Per split, the classes with no images there (a class present in one split only)."""
+        missing = {}
+        for name, split in (("train", self.train), ("val", self.val), ("test", self.test)):
+            if split is not None:
+                present = set(np.unique(split.labels).tolist())
+                absent = [c for i, c in enumerate(self.class_names) if i not in present]
+                if absent:
+                    missing[name] = absent
+        return missing
+
     def fingerprint(self) -> str:
         """A short hash of class names, images and labels: changes when the data changes."""
         digest = hashlib.sha256(json.dumps(self.class_names).encode())
@@ -74,11 +87,14 @@ def load_data(source: str, val_fraction: float = 0.2, seed: int = 0) -> DataSpli
     if source in BUNDLED_SETS:
         return BUNDLED_SETS[source](val_fraction, seed)
     folder = Path(source).expanduser()
+    if folder.is_file() and folder.suffix.lower() in LABEL_FILE_SUFFIXES:
+        return _load_label_file(folder, val_fraction, seed)
     if not folder.is_dir():
         hint = did_you_mean(source, BUNDLED_SETS)
         raise UserError(
             f"no such data folder: {source}.{hint} Pass a folder with one sub-folder per class "
-            f"(or train/ and val/ folders), or a bundled set: {', '.join(BUNDLED_SETS)}."
+            f"(or train/ and val/ folders), a CSV or JSON-lines file of (path, label), or a "
+            f"bundled set: {', '.join(BUNDLED_SETS)}."
         )
     split_folders = _find_split_folders(folder)
     if split_folders is not None:
@@ -138,18 +154,28 @@ def _find_split_folders(folder: Path) -> tuple[Path, Path, Path | None] | None:
 
 
 def _load_split_folders(folder: Path, train: Path, val: Path, test: Path | None) -> DataSplits:
-    class_names = _class_folders(train)
-    return DataSplits(
+    """train/, val/ (test/): classes are the union of their class folders, sorted."""
+    split_folders = [f for f in (train, val, test) if f is not None]
+    class_names = sorted(set().union(*(_class_folders(f) for f in split_folders)))
+    splits = DataSplits(
         source=str(folder),
         class_names=class_names,
         train=_scan(train, class_names),
         val=_scan(val, class_names),
         test=_scan(test, class_names) if test is not None else None,
     )
+    _warn_missing_classes(splits)
+    return splits
 
 
 def _load_class_folders(folder: Path, val_fraction: float, seed: int) -> DataSplits:
     class_names = _class_folders(folder)
+    if len(class_names) == 1:
+        only = folder / class_names[0]
+        raise UserError(
+            f"{folder} has a single class folder ({class_names[0]}); a classifier needs at "
+            f"least two. If {only} holds the class folders, pass {only} instead."
+        )
     everything = _scan(folder, class_names)
     train_index, val_index = stratified_split(everything.labels, val_fraction, seed)
     return DataSplits(
@@ -172,28 +198,99 @@ def _class_folders(folder: Path) -> list[str]:
 
 def _scan(split_folder: Path, class_names: list[str]) -> LabeledImages:
     """Image files under split_folder/<class>/ (recursively), sorted, with their labels."""
-    present = _class_folders(split_folder)
-    strangers = sorted(set(present) - set(class_names))
-    if strangers:
-        raise UserError(
-            f"{split_folder} has class folders missing from train/: {', '.join(strangers)}. "
-            f"Add training images for them or remove them."
-        )
     paths: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(class_names):
-        files = sorted(
-            p
-            for p in (split_folder / name).rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        )
-        if not files and (split_folder / name).is_dir():
-            logger.warning("class folder %s holds no images", split_folder / name)
+        class_folder = split_folder / name
+        files = _image_files(class_folder) if class_folder.is_dir() else []
+        _report_nested(class_folder, files)
         paths.extend(files)
         labels.extend([label] * len(files))
     if not paths:
         raise UserError(f"{split_folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
     return LabeledImages(paths, np.asarray(labels, dtype=np.int64))
+
+
+def _warn_missing_classes(splits: DataSplits) -> None:
+    for split, absent in splits.missing_classes().items():
+        logger.warning("classes with no %s images: %s", split, ", ".join(absent))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    )
+
+
+def _report_nested(class_folder: Path, files: list[Path]) -> None:
+    """Images in sub-folders of a class folder count for that class; say so once."""
+    nested = sorted(
+        {p.relative_to(class_folder).parts[0] for p in files if p.parent != class_folder}
+    )
+    if nested:
+        logger.warning(
+            "%s has sub-folders (%s) whose images count as class %r; if they are classes of "
+            "their own, pass %s as the data folder",
+            class_folder, ", ".join(nested[:5]), class_folder.name, class_folder,
+        )  # fmt: skip
+    if not files:
+        logger.warning("class folder %s holds no images", class_folder)
+
+
+def _load_label_file(path: Path, val_fraction: float, seed: int) -> DataSplits:
+    """A CSV (path,label[,split]) or JSON-lines file; paths are relative to the file."""
+    rows = _read_label_rows(path)
+    class_names = sorted({row["label"] for row in rows})
+    index = {name: i for i, name in enumerate(class_names)}
+    images = [(path.parent / row["path"]).expanduser() for row in rows]
+    labels = np.asarray([index[row["label"]] for row in rows], dtype=np.int64)
+    everything = LabeledImages(images, labels)
+    if all(row.get("split") for row in rows):
+        return _splits_from_column(path, rows, class_names, everything)
+    train_index, val_index = stratified_split(labels, val_fraction, seed)
+    return DataSplits(str(path), class_names, everything.subset(train_index),
+                      everything.subset(val_index))  # fmt: skip
+
+
+def _read_label_rows(path: Path) -> list[dict[str, str]]:
+    try:
+        text = path.read_text()
+        if path.suffix.lower() == ".csv":
+            rows = [dict(row) for row in csv.DictReader(text.splitlines())]
+        else:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"cannot read {path}: {error}") from None
+    for number, row in enumerate(rows, start=2 if path.suffix.lower() == ".csv" else 1):
+        if not isinstance(row, dict) or not row.get("path") or row.get("label") in (None, ""):
+            raise UserError(
+                f"{path}, row {number}: needs a 'path' and a 'label' (optional 'split': "
+                f"train, val or test), got {row!r}"
+            )
+        row["label"], row["path"] = str(row["label"]), str(row["path"])
+    if not rows:
+        raise UserError(f"{path} lists no images: expected rows of path,label")
+    return rows
+
+
+def _splits_from_column(
+    path: Path, rows: list[dict[str, str]], class_names: list[str], everything: LabeledImages
+) -> DataSplits:
+    names = {"train": "train", "test": "test", **{n: "val" for n in VAL_FOLDER_NAMES}}
+    chosen = [names.get(str(row["split"]).strip().lower()) for row in rows]
+    unknown = sorted({row["split"] for row, c in zip(rows, chosen, strict=True) if c is None})
+    if unknown:
+        raise UserError(f"{path}: unknown split values {unknown}; use train, val or test")
+    by_split = {
+        name: np.flatnonzero(np.asarray(chosen) == name) for name in ("train", "val", "test")
+    }
+    if len(by_split["train"]) == 0 or len(by_split["val"]) == 0:
+        raise UserError(f"{path}: the split column needs both train and val rows")
+    test = everything.subset(by_split["test"]) if len(by_split["test"]) else None
+    splits = DataSplits(str(path), class_names, everything.subset(by_split["train"]),
+                        everything.subset(by_split["val"]), test)  # fmt: skip
+    _warn_missing_classes(splits)
+    return splits
 
 
 def _bundled(

@@ -38,20 +38,27 @@ def eval_transform(preprocessing: Preprocessing) -> v2.Transform:
 
 def train_transform(preprocessing: Preprocessing, augment: str) -> v2.Transform:
     """The resize plus an augmentation preset: none, light, trivial or randaugment."""
+    extra = augmentation(preprocessing.image_size, augment)
     resize = eval_transform(preprocessing)
-    size = preprocessing.image_size
+    return resize if extra is None else v2.Compose([resize, extra])
+
+
+def augmentation(image_size: int, augment: str) -> v2.Transform | None:
+    """The random part of training transforms, for images already at `image_size`.
+
+    Decoded-image caches store resized images, so this is all that runs per epoch.
+    """
     if augment == "none":
-        return resize
+        return None
     if augment == "light":
         return v2.Compose(
             [
-                resize,
-                v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
+                v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
                 v2.RandomHorizontalFlip(),
             ]
         )
     if augment == "trivial":
-        return v2.Compose([resize, v2.TrivialAugmentWide()])
+        return v2.TrivialAugmentWide()
     if augment == "randaugment":
-        return v2.Compose([resize, v2.RandAugment()])
+        return v2.RandAugment()
     raise UserError(f"unknown augmentation {augment!r}: use none, light, trivial or randaugment")

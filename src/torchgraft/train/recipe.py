@@ -15,21 +15,27 @@ import torch
 from torch import nn
 from torch.optim import AdamW
 from torch.optim.lr_scheduler import OneCycleLR
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from torchgraft.artifact import Preprocessing, Run
+from torchgraft.artifact import Run
 from torchgraft.config import RunConfig, TrainConfig
-from torchgraft.data import DataSplits, ImageDataset, eval_transform, load_data, make_loader
-from torchgraft.data import train_transform as augmenting_transform
+from torchgraft.data import load_data, make_loader, split_datasets
 from torchgraft.models import GraftedClassifier, create_classifier, get_spec
 from torchgraft.train.features import compute_features
 from torchgraft.train.history import EpochRecord, History
 from torchgraft.train.loop import evaluate, train_one_epoch
-from torchgraft.train.setup import create_run, resolve_device, resolve_preprocessing
+from torchgraft.train.setup import (
+    create_run,
+    decode_splits,
+    record_skipped,
+    resolve_device,
+    resolve_preprocessing,
+)
 
 logger = logging.getLogger(__name__)
 
 Loader = DataLoader[Any]
+ImageSet = Dataset[tuple[torch.Tensor, int]]
 
 
 @dataclass(frozen=True)
@@ -67,25 +73,25 @@ def fit(config: RunConfig) -> Run:
     )  # fmt: skip
 
     train, data, quiet = config.train, config.data, config.train.quiet
+    decoded = decode_splits(splits, preprocessing, data, quiet)
+    record_skipped(run, splits, decoded)
+    train_plain, train_augmented = split_datasets(
+        splits.train, decoded["train"], preprocessing, data.augment
+    )
+    val_plain, _ = split_datasets(splits.val, decoded["val"], preprocessing, "none")
     frozen_epochs = train.freeze_epochs if starts_pretrained else 0
     if frozen_epochs:
-        features = cache_features(
-            model, splits, preprocessing, data.batch_size, data.num_workers, device, quiet
-        )
+        features = cache_features(model, train_plain, val_plain, data.batch_size, device, quiet)
         steps = Steps(
             frozen_epochs, train.lr or 0.0, train.weight_decay, data.batch_size, train.seed
         )
         train_head(model, *features, steps, device, history, quiet)
     if train.epochs:
-        train_set = ImageDataset(
-            splits.train, augmenting_transform(preprocessing, data.augment), preprocessing.channels
-        )
-        val_set = ImageDataset(splits.val, eval_transform(preprocessing), preprocessing.channels)
         steps = Steps(
             train.epochs, train.lr or 0.0, train.weight_decay, data.batch_size, train.seed
         )
         fine_tune(
-            model, train_set, val_set, steps, train.backbone_lr_divisor, data.num_workers,
+            model, train_augmented, val_plain, steps, train.backbone_lr_divisor, data.num_workers,
             device, history, first_epoch=frozen_epochs + 1, quiet=quiet,
         )  # fmt: skip
     logger.info("best validation accuracy %.4f, saved in %s", history.best_accuracy, run.path)
@@ -105,19 +111,17 @@ def resolve_training(train: TrainConfig, starts_pretrained: bool) -> TrainConfig
 
 
 def cache_features(
-    model: GraftedClassifier, splits: DataSplits, preprocessing: Preprocessing,
-    batch_size: int, num_workers: int, device: torch.device, quiet: bool,
+    model: GraftedClassifier, train_set: ImageSet, val_set: ImageSet, batch_size: int,
+    device: torch.device, quiet: bool,
 ) -> tuple[TensorDataset, TensorDataset]:  # fmt: skip
     """Backbone features of the train and val images, computed once for the frozen phase.
 
     No augmentation: a frozen backbone maps each image to fixed features, so one pass is
     enough and every head epoch after it costs milliseconds.
     """
-    plain = eval_transform(preprocessing)
     features = []
-    for name, split in (("train", splits.train), ("val", splits.val)):
-        images = ImageDataset(split, plain, preprocessing.channels)
-        loader = make_loader(images, batch_size * 2, False, num_workers)
+    for name, images in (("train", train_set), ("val", val_set)):
+        loader = make_loader(images, batch_size * 2, False, 0)
         features.append(
             compute_features(model, loader, device, description=f"features ({name})", quiet=quiet)
         )
@@ -141,7 +145,7 @@ def train_head(
 
 
 def fine_tune(
-    model: GraftedClassifier, train_set: ImageDataset, val_set: ImageDataset, steps: Steps,
+    model: GraftedClassifier, train_set: ImageSet, val_set: ImageSet, steps: Steps,
     backbone_lr_divisor: float, num_workers: int, device: torch.device, history: History,
     first_epoch: int, quiet: bool,
 ) -> None:  # fmt: skip

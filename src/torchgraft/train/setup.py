@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import logging
+import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from torchgraft.artifact import Preprocessing, Run, RunInfo, library_versions
+from torchgraft.artifact import Preprocessing, Run, RunInfo, atomic_write_bytes, library_versions
 from torchgraft.config import DataConfig, RunConfig, to_dict
-from torchgraft.data import DataSplits, load_display_names
+from torchgraft.data import DataSplits, DecodedSplit, decode_split, load_display_names
+from torchgraft.errors import UserError
 from torchgraft.models.registry import BackboneSpec
+
+logger = logging.getLogger(__name__)
+
+SKIPPED_FILE = "skipped.csv"
 
 
 def resolve_preprocessing(
@@ -76,3 +86,56 @@ def unique_run_path(runs_dir: str, name: str | None, model_name: str, source: st
     while candidate.exists():
         candidate, number = Path(runs_dir) / f"{base}-{number}", number + 1
     return candidate
+
+
+def decode_splits(
+    splits: DataSplits, preprocessing: Preprocessing, data: DataConfig, quiet: bool
+) -> dict[str, DecodedSplit]:
+    """One decoding pass per split: fills the decoded-image cache and finds unreadable files."""
+    cache_dir = Path(data.cache_dir).expanduser() if data.cache_dir else None
+    decoded = {}
+    for name, split in (("train", splits.train), ("val", splits.val)):
+        decoded[name] = decode_split(
+            split, preprocessing, mode=data.cache, cache_dir=cache_dir,
+            workers=decode_workers(len(split), data.num_workers),
+            description=f"decoding {name}", quiet=quiet,
+        )  # fmt: skip
+    return decoded
+
+
+def decode_workers(count: int, num_workers: int) -> int:
+    """Worker processes for the one-off decoding pass: the cores, unless the split is tiny.
+
+    Nothing else computes during this pass, so using every core cannot oversubscribe.
+    """
+    if count < 256:
+        return 0
+    return max(num_workers, min(2, os.cpu_count() or 1))
+
+
+def record_skipped(run: Run, splits: DataSplits, decoded: dict[str, DecodedSplit]) -> None:
+    """Write skipped.csv (path, split, reason); refuse to go on without usable images."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "split", "reason"])
+    for name, result in decoded.items():
+        writer.writerows([skipped.path, name, skipped.reason] for skipped in result.skipped)
+    atomic_write_bytes(run.path / SKIPPED_FILE, buffer.getvalue().encode())
+    run.info.data_summary = {
+        **{f"{name}_images": len(result.kept) for name, result in decoded.items()},
+        "skipped": sum(len(result.skipped) for result in decoded.values()),
+    }
+    run.save_info()
+    total = run.info.data_summary["skipped"]
+    if total:
+        logger.warning("%d unreadable files skipped, listed in %s", total, run.path / SKIPPED_FILE)
+    for name, result in decoded.items():
+        labels = getattr(splits, name).labels[result.kept]
+        if len(labels) == 0:
+            raise UserError(
+                f"no readable images in the {name} split ({len(result.skipped)} skipped, "
+                f"see {run.path / SKIPPED_FILE})"
+            )
+        empty = sorted(set(range(len(splits.class_names))) - set(np.unique(labels).tolist()))
+        for label in empty:
+            logger.warning("class %r has no readable %s images", splits.class_names[label], name)

@@ -66,3 +66,62 @@ def test_display_names_from_cat_to_name_json(tmp_path: Path) -> None:
     path.write_text(json.dumps({"99": "nothing"}))
     with pytest.raises(UserError, match="Keys must be the class folder names"):
         load_display_names(path, ["1", "2"])
+
+
+def test_csv_with_relative_paths_and_a_split_column(tmp_path: Path) -> None:
+    make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=4)
+    rows = ["path,label,split"]
+    for index, path in enumerate(sorted((tmp_path / "imgs").rglob("*.png"))):
+        split = "valid" if index % 4 == 0 else "train"
+        rows.append(f"{path.relative_to(tmp_path)},{path.parent.name},{split}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    splits = load_data(str(tmp_path / "labels.csv"))
+    assert splits.class_names == ["a", "b"]
+    assert len(splits.train) == 6 and len(splits.val) == 2
+    assert all(p.is_file() for p in splits.train.images)
+
+
+def test_json_lines_without_splits_get_a_stratified_split(tmp_path: Path) -> None:
+    make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=10)
+    lines = [
+        json.dumps({"path": str(p.relative_to(tmp_path)), "label": p.parent.name})
+        for p in sorted((tmp_path / "imgs").rglob("*.png"))
+    ]
+    (tmp_path / "labels.jsonl").write_text("\n".join(lines))
+    splits = load_data(str(tmp_path / "labels.jsonl"), val_fraction=0.2)
+    assert np.bincount(splits.val.labels).tolist() == [2, 2]
+
+
+def test_label_file_rows_without_a_label_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "labels.csv").write_text("path,label\nx.png,\n")
+    with pytest.raises(UserError, match=r"row 2: needs a 'path' and a 'label'"):
+        load_data(str(tmp_path / "labels.csv"))
+
+
+def test_a_class_in_one_split_only_is_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_image_folder(tmp_path, classes=("a", "b"), per_class=4, split=True)
+    extra = tmp_path / "train" / "c"
+    extra.mkdir()
+    (extra / "one.png").write_bytes((tmp_path / "train" / "a" / "a_003.png").read_bytes())
+    splits = load_data(str(tmp_path))
+    assert splits.class_names == ["a", "b", "c"]
+    assert splits.missing_classes() == {"val": ["c"]}
+    assert "classes with no val images: c" in caplog.text
+
+
+def test_nested_class_folders_are_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_image_folder(tmp_path / "data" / "animals", classes=("cat", "dog"), per_class=3)
+    make_image_folder(tmp_path / "data", classes=("plant",), per_class=3)
+    splits = load_data(str(tmp_path / "data"))
+    assert splits.class_names == ["animals", "plant"]
+    assert "has sub-folders (cat, dog)" in caplog.text
+
+
+def test_a_single_class_folder_points_inside(tmp_path: Path) -> None:
+    make_image_folder(tmp_path / "outer" / "dataset", classes=("cat", "dog"), per_class=2)
+    with pytest.raises(UserError, match=r"single class folder \(dataset\).*pass .*outer/dataset"):
+        load_data(str(tmp_path / "outer"))

@@ -1,0 +1,89 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from torchgraft.artifact import Preprocessing
+from torchgraft.data import cache as cache_module
+from torchgraft.data import decode_split, eval_transform, load_data, load_image
+from torchgraft.data.sources import LabeledImages
+from torchgraft.testing import BAD_KINDS, ODD_KINDS, make_image_folder, make_messy_folder
+
+PREP = Preprocessing(24, "pad", (0.5,) * 3, (0.5,) * 3, channels=3)
+
+
+def _split(folder: Path) -> LabeledImages:
+    splits = load_data(str(folder), val_fraction=0.0)
+    return splits.train
+
+
+def test_cached_pixels_equal_decoding_then_resizing(tmp_path: Path) -> None:
+    images = _split(make_image_folder(tmp_path, per_class=4, size=40))
+    decoded = decode_split(images, PREP, quiet=True)
+    assert decoded.pixels is not None and decoded.pixels.shape == (12, 3, 24, 24)
+    resize = eval_transform(PREP)
+    for row, path in enumerate(images.images):
+        assert torch.equal(torch.from_numpy(decoded.pixels[row]), resize(load_image(path, 3)))
+
+
+def test_bad_files_are_skipped_with_reasons_and_odd_files_kept(tmp_path: Path) -> None:
+    files = make_messy_folder(tmp_path)
+    images = _split(tmp_path)
+    decoded = decode_split(images, PREP, quiet=True)
+    skipped = {Path(item.path): item.reason for item in decoded.skipped}
+    assert set(skipped) == {files[kind] for kind in BAD_KINDS}
+    assert all(reason for reason in skipped.values())
+    kept = {images.images[i] for i in decoded.kept}
+    assert {files[kind] for kind in ODD_KINDS} <= kept
+    assert len(kept) == len(images) - len(BAD_KINDS)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_worker_processes_give_the_same_pixels(tmp_path: Path, workers: int) -> None:
+    make_messy_folder(tmp_path)
+    images = _split(tmp_path)
+    reference = decode_split(images, PREP, quiet=True)
+    decoded = decode_split(images, PREP, workers=workers, quiet=True)
+    np.testing.assert_array_equal(decoded.kept, reference.kept)
+    np.testing.assert_array_equal(decoded.pixels, reference.pixels)  # type: ignore[arg-type]
+
+
+def test_disk_cache_is_reused_and_keyed_by_content_and_preprocessing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = make_image_folder(tmp_path / "data", per_class=3, size=32)
+    images = _split(folder)
+    first = decode_split(images, PREP, mode="disk", cache_dir=tmp_path / "cache", quiet=True)
+    assert isinstance(first.pixels, np.memmap)
+
+    calls: list[Path] = []
+    real_decode = cache_module.decode_file
+    monkeypatch.setattr(
+        cache_module, "decode_file", lambda p, c: calls.append(p) or real_decode(p, c)
+    )
+    again = decode_split(images, PREP, mode="disk", cache_dir=tmp_path / "cache", quiet=True)
+    assert calls == []  # a cache hit decodes nothing
+    np.testing.assert_array_equal(again.pixels, first.pixels)  # type: ignore[arg-type]
+
+    bigger = Preprocessing(32, "pad", PREP.mean, PREP.std)
+    decode_split(images, bigger, mode="disk", cache_dir=tmp_path / "cache", quiet=True)
+    assert len(calls) == len(images)  # new preprocessing, new entry
+
+    calls.clear()
+    images.images[0].write_bytes(images.images[1].read_bytes())  # same name, new content
+    changed = decode_split(images, PREP, mode="disk", cache_dir=tmp_path / "cache", quiet=True)
+    assert len(calls) == len(images)
+    np.testing.assert_array_equal(changed.pixels[0], first.pixels[1])  # type: ignore[index]
+
+
+def test_none_mode_checks_files_but_keeps_no_pixels(tmp_path: Path) -> None:
+    make_messy_folder(tmp_path)
+    decoded = decode_split(_split(tmp_path), PREP, mode="none", quiet=True)
+    assert decoded.pixels is None and len(decoded.skipped) == len(BAD_KINDS)
+
+
+def test_bundled_arrays_are_cached_too() -> None:
+    digits = load_data("digits").val
+    decoded = decode_split(digits, Preprocessing(16, "squash", (0.5,), (0.5,), 1), quiet=True)
+    assert decoded.pixels is not None and decoded.pixels.shape == (len(digits), 1, 16, 16)
