@@ -43,7 +43,8 @@ def main() -> None:
     probabilities = predictor.predict_proba(list(val.images))
     accuracy = float((probabilities.argmax(1) == val.labels).mean())
 
-    samples = save_samples(val.images[:5], RUNS_DIR / "demo-samples")
+    chosen = np.random.default_rng(0).choice(len(val.labels), size=5, replace=False)
+    samples = save_samples(val.images[chosen], RUNS_DIR / "demo-samples")
     print(f"\nTrained {run.info.model_name} on mnist5k in {trained - started:.0f} s -> {run.path}")
     print(f"Validation accuracy of the saved run: {accuracy:.2%} ({len(val.labels)} images)\n")
     print("Predictions on validation images (true label -> top 3):")

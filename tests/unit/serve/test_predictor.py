@@ -55,3 +55,18 @@ def test_class_names_file_sets_display_names(tiny_run: Path, tmp_path: Path) -> 
 def test_missing_image_is_a_user_error(tiny_run: Path) -> None:
     with pytest.raises(UserError, match="image not found"):
         api.predict(tiny_run, ["no/such.jpg"])
+
+
+def test_prediction_uses_the_runs_resize_mode(tmp_path: Path) -> None:
+    from torchgraft.testing import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", per_class=4, size=32)
+    run = api.train(
+        data, model="cnn", epochs=1, image_size=32, resize="pad", runs_dir=str(tmp_path),
+        quiet=True,
+    )  # fmt: skip
+    assert run.info.preprocessing.resize_mode == "pad"
+    wide = np.full((20, 80, 3), 255, dtype=np.uint8)
+    pixels = api.predictor(run.path).preprocess(wide)
+    assert pixels.shape == (3, 32, 32)
+    assert pixels[:, 0, :].max() == 0 and pixels[:, 16, :].min() == 255  # letterboxed, not cut
