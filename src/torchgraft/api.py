@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torchgraft.artifact import Run
 from torchgraft.config import RunConfig, dotted_overrides, load_train_config
 from torchgraft.data import load_display_names
 from torchgraft.serve.predictor import ImageInput, Prediction, Predictor
+
+if TYPE_CHECKING:
+    from torchgraft.data.audit import AuditReport
 
 
 def train_config(config: str | Path | None = None, **settings: Any) -> RunConfig:
@@ -62,3 +65,18 @@ def predict(
 ) -> list[Prediction]:
     """Top-k predictions for paths, PIL images, NumPy arrays or tensors (single or batched)."""
     return predictor(run, device, class_names).predict(images, top_k=top_k)
+
+
+def doctor(
+    data: str | Path,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    workers: int = 2,
+    quiet: bool = False,
+) -> AuditReport:
+    """Audit a data source before training: unreadable files, duplicates and leakage,
+    imbalance, missing classes, tiny images. `report.is_clean` is the verdict."""
+    from torchgraft.data.audit import audit
+
+    return audit(str(data), val_fraction=val_fraction, seed=seed, workers=workers, quiet=quiet)

@@ -18,13 +18,20 @@ _COLOURS = ((220, 40, 40), (40, 160, 60), (40, 70, 220), (230, 180, 30), (150, 5
 
 
 def class_image(label: int, size: int = 32, seed: int = 0) -> np.ndarray:
-    """An (size, size, 3) uint8 image whose colour and stripes say which class it is."""
+    """An (size, size, 3) uint8 image whose colour and stripes say which class it is.
+
+    The stripes' phase and a smooth random texture vary with `seed`, so two images of one
+    class are different pictures (not near duplicates), as in real data.
+    """
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:size, 0:size]
-    stripes = np.sin((x if label % 2 == 0 else y) * (0.6 + 0.3 * (label // 2))) > 0
+    frequency = 0.6 + 0.3 * (label // 2)
+    stripes = np.sin((x if label % 2 == 0 else y) * frequency + rng.uniform(0, 2 * np.pi)) > 0
     colour = np.array(_COLOURS[label % len(_COLOURS)], dtype=np.float32)
     image = np.where(stripes[..., None], colour, colour * 0.35)
-    image = image + rng.normal(0, 12, image.shape)
+    coarse = Image.fromarray(rng.integers(0, 256, (4, 4), dtype=np.uint8))
+    texture = np.asarray(coarse.resize((size, size), Image.Resampling.BICUBIC), np.float32)
+    image = image + (texture[..., None] - 128) * 0.3 + rng.normal(0, 8, image.shape)
     return np.clip(image, 0, 255).astype(np.uint8)
 
 

@@ -1,0 +1,429 @@
+"""The data audit behind `graft doctor`: what in a dataset will hurt training, before training.
+
+`audit(source)` decodes and fingerprints every image (in worker processes, a chunk of files
+per round trip) and reports: images per class and split, unreadable files and why, exact and
+near duplicates within a split, duplicates across splits (validation leaking training data),
+class imbalance with suggested class weights, classes missing from a split, tiny images, and
+the colour modes and sizes in use. Where the train/val split is automatic (a folder of class
+folders, a bundled set) every image is audited as one split, "all": a duplicate there can land
+on both sides of the split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from torchgraft.data.hashing import (
+    THUMBNAIL_TOLERANCE,
+    Fingerprint,
+    fingerprint_arrays,
+    fingerprint_files,
+    near_duplicate_pairs,
+    thumbnail_distance,
+)
+from torchgraft.data.sources import BUNDLED_SETS, VAL_FOLDER_NAMES, DataSplits, load_data
+from torchgraft.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+AUTO_SPLIT = "all"  # the one audited split when train/val are drawn automatically
+CATEGORIES = (
+    "unreadable", "exact duplicates", "near duplicates", "leakage", "imbalance",
+    "missing classes", "tiny images", "modes and sizes",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class UnreadableFile:
+    """A file training will skip."""
+
+    file: str  # relative to the data folder
+    split: str
+    class_name: str
+    reason: str  # e.g. "empty file (0 bytes)"
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    """Copies of one image: an exact group (same bytes) or a near pair (similar pictures)."""
+
+    files: list[str]  # relative to the data folder
+    splits: list[str]  # the split each copy is used in (train, val, test)
+    classes: list[str]  # the class each copy is labelled as
+    distance: int  # perceptual hash distance in bits; 0 for exact duplicates
+
+    @property
+    def leaks(self) -> bool:
+        """True when the copies sit in different splits."""
+        return len(set(self.splits)) > 1
+
+
+@dataclass(frozen=True)
+class TinyImage:
+    file: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the report: a problem to fix, or a note (problem=False) worth knowing."""
+
+    category: str  # one of CATEGORIES
+    detail: str  # what and where, files named relative to the data folder
+    problem: bool = True
+
+    @property
+    def line(self) -> str:
+        return f"{self.category}: {self.detail}"
+
+
+@dataclass
+class AuditReport:
+    """What `audit` found. `problems()` lists the findings to fix; `is_clean` when none."""
+
+    source: str
+    automatic_split: bool  # no train/val folders: val is drawn from "all" with seed/val_fraction
+    val_fraction: float
+    seed: int
+    class_names: list[str]
+    counts: dict[str, dict[str, int]]  # split -> class -> readable images
+    unreadable: list[UnreadableFile]
+    exact_duplicates: list[Duplicates]
+    near_duplicates: list[Duplicates]
+    imbalance_ratio: float | None  # largest / smallest training class (classes with images)
+    class_weights: dict[str, float]  # inverse frequency, mean 1: pass to the loss if imbalanced
+    missing: dict[str, list[str]]  # split -> classes with no readable images there
+    tiny_images: list[TinyImage]
+    modes: dict[str, int]  # Pillow mode before conversion -> images
+    sizes: dict[str, dict[str, float]]  # width/height -> min/median/max
+    max_distance: int  # perceptual hash distance counted as a near duplicate
+    min_size: int  # smaller sides than this are tiny
+    imbalance_threshold: float  # a largest/smallest class ratio from here on is a problem
+
+    @property
+    def is_clean(self) -> bool:
+        return not self.problems()
+
+    def problems(self) -> list[str]:
+        """One line per problem found, files named relative to the data folder."""
+        return [finding.line for finding in self.findings() if finding.problem]
+
+    def findings(self) -> list[Finding]:
+        """Every finding, problems and notes, in the order of CATEGORIES."""
+        return [
+            *_unreadable_findings(self),
+            *_duplicate_findings(self),
+            *_imbalance_findings(self),
+            *_missing_findings(self),
+            *_tiny_findings(self),
+            *_mode_and_size_notes(self),
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON: every field, plus is_clean, problems and notes."""
+        data = dataclasses.asdict(self)
+        for key in ("exact_duplicates", "near_duplicates"):
+            for entry, duplicates in zip(data[key], getattr(self, key), strict=True):
+                entry["leaks"] = duplicates.leaks
+        data["problems"] = self.problems()
+        data["is_clean"] = not data["problems"]
+        data["notes"] = [finding.line for finding in self.findings() if not finding.problem]
+        return data
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One image to examine: its name in the report, its splits and its class."""
+
+    name: str
+    split: str  # audited split: train/val/test, or "all" for an automatic split
+    used_in: str  # where training uses it: train, val or test
+    label: int
+
+
+def audit(
+    source: str,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    workers: int = 2,
+    quiet: bool = False,
+    max_distance: int = 4,
+    min_size: int = 32,
+    imbalance_threshold: float = 3.0,
+) -> AuditReport:
+    """Audit a data source (a folder or a bundled set name) for problems that hurt training.
+
+    `val_fraction` and `seed` are those training will use, so the report can say which
+    duplicates land on both sides of an automatic split. `workers` processes decode and hash
+    (0: in this process).
+    """
+    _check_settings(val_fraction, workers, max_distance, min_size)
+    data = load_data(source, val_fraction=val_fraction, seed=seed)
+    automatic = _is_automatic_split(source)
+    items, images = _items(data, automatic)
+    logger.info("auditing %d images from %s", len(items), source)
+    with tqdm(total=len(items), desc="auditing", unit="image", disable=quiet) as progress:
+        if isinstance(images, np.ndarray):
+            scans = fingerprint_arrays(images, progress.update)
+        else:
+            scans = fingerprint_files(images, workers, progress.update)
+    splits = [AUTO_SPLIT] if automatic else _split_names(data)
+    counts = _counts(items, scans, splits, data.class_names)
+    ratio, weights = _imbalance(counts[splits[0]])
+    readable = [scan for scan in scans if scan.reason is None]
+    return AuditReport(
+        source=source,
+        automatic_split=automatic,
+        val_fraction=val_fraction,
+        seed=seed,
+        class_names=list(data.class_names),
+        counts=counts,
+        unreadable=_unreadable(items, scans, data.class_names),
+        exact_duplicates=_exact_duplicates(items, scans, data.class_names),
+        near_duplicates=_near_duplicates(items, scans, data.class_names, max_distance),
+        imbalance_ratio=ratio,
+        class_weights=weights,
+        missing=_missing(counts),
+        tiny_images=_tiny(items, scans, min_size),
+        modes=dict(Counter(scan.mode for scan in readable).most_common()),
+        sizes=_sizes(readable),
+        max_distance=max_distance,
+        min_size=min_size,
+        imbalance_threshold=imbalance_threshold,
+    )
+
+
+def _check_settings(val_fraction: float, workers: int, max_distance: int, min_size: int) -> None:
+    if not 0.0 <= val_fraction <= 0.9:
+        raise UserError(f"val_fraction must be between 0 and 0.9, got {val_fraction}.")
+    if workers < 0:
+        raise UserError(f"workers must be 0 (no worker processes) or more, got {workers}.")
+    if not 0 <= max_distance <= 64:
+        raise UserError(f"max_distance must be between 0 and 64 bits, got {max_distance}.")
+    if min_size < 1:
+        raise UserError(f"min_size must be at least 1 pixel, got {min_size}.")
+
+
+def _is_automatic_split(source: str) -> bool:
+    """True when training draws val from the same images: no train/ and val/ folders, no
+    split column in a label file, a bundled set."""
+    path = Path(source).expanduser()
+    if source in BUNDLED_SETS:
+        return True
+    if path.is_dir():
+        has_val = any((path / name).is_dir() for name in VAL_FOLDER_NAMES)
+        return not ((path / "train").is_dir() and has_val)
+    return len(load_data(source, val_fraction=0.0).val) == 0  # an automatic split is empty
+
+
+def _split_names(data: DataSplits) -> list[str]:
+    return ["train", "val"] + (["test"] if data.test is not None else [])
+
+
+def _items(data: DataSplits, automatic: bool) -> tuple[list[_Item], list[Path] | np.ndarray]:
+    """Every image of every split, named for the report, and the images to decode."""
+    root = Path(data.source).expanduser()
+    root = root if root.is_dir() else root.parent  # a label file names paths from its folder
+    items: list[_Item] = []
+    arrays: list[np.ndarray] = []
+    paths: list[Path] = []
+    for used_in in _split_names(data):
+        split = getattr(data, used_in)
+        split_name = AUTO_SPLIT if automatic else used_in
+        for index, label in enumerate(split.labels.tolist()):
+            if isinstance(split.images, np.ndarray):
+                name = f"{data.source} {used_in} #{index}"
+            else:
+                paths.append(split.images[index])
+                name = _relative(split.images[index], root)
+            items.append(_Item(name, split_name, used_in, label))
+        if isinstance(split.images, np.ndarray):
+            arrays.append(split.images)
+    return items, np.concatenate(arrays) if arrays else paths
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _counts(
+    items: list[_Item], scans: list[Fingerprint], splits: list[str], class_names: list[str]
+) -> dict[str, dict[str, int]]:
+    counts = {split: dict.fromkeys(class_names, 0) for split in splits}
+    for item, scan in zip(items, scans, strict=True):
+        if scan.reason is None:
+            counts[item.split][class_names[item.label]] += 1
+    return counts
+
+
+def _unreadable(
+    items: list[_Item], scans: list[Fingerprint], class_names: list[str]
+) -> list[UnreadableFile]:
+    return [
+        UnreadableFile(item.name, item.used_in, class_names[item.label], scan.reason)
+        for item, scan in zip(items, scans, strict=True)
+        if scan.reason is not None
+    ]
+
+
+def _duplicates(
+    members: list[int], items: list[_Item], class_names: list[str], distance: int
+) -> Duplicates:
+    return Duplicates(
+        files=[items[i].name for i in members],
+        splits=[items[i].used_in for i in members],
+        classes=[class_names[items[i].label] for i in members],
+        distance=distance,
+    )
+
+
+def _exact_duplicates(
+    items: list[_Item], scans: list[Fingerprint], class_names: list[str]
+) -> list[Duplicates]:
+    """Groups of readable images with the same content digest."""
+    groups: dict[str, list[int]] = {}
+    for index, scan in enumerate(scans):
+        if scan.reason is None:
+            groups.setdefault(scan.digest, []).append(index)
+    return [_duplicates(g, items, class_names, 0) for g in groups.values() if len(g) > 1]
+
+
+def _near_duplicates(
+    items: list[_Item], scans: list[Fingerprint], class_names: list[str], max_distance: int
+) -> list[Duplicates]:
+    """Pairs of readable images with similar perceptual hashes but different content."""
+    readable = [index for index, scan in enumerate(scans) if scan.reason is None]
+    hashes = np.array([scans[index].phash for index in readable], dtype=np.uint64)
+    found = []
+    for first, second in near_duplicate_pairs(hashes, max_distance):
+        a, b = readable[first], readable[second]
+        if scans[a].digest == scans[b].digest:
+            continue  # an exact duplicate, reported as such
+        if thumbnail_distance(scans[a].thumbnail, scans[b].thumbnail) <= THUMBNAIL_TOLERANCE:
+            distance = int(np.bitwise_count(hashes[first] ^ hashes[second]))
+            found.append(_duplicates([a, b], items, class_names, distance))
+    return sorted(found, key=lambda pair: pair.distance)
+
+
+def _imbalance(counts: dict[str, int]) -> tuple[float | None, dict[str, float]]:
+    """Largest/smallest class ratio and inverse-frequency weights (mean 1), classes with images."""
+    present = {name: count for name, count in counts.items() if count > 0}
+    if not present:
+        return None, {}
+    inverse = {name: 1.0 / count for name, count in present.items()}
+    mean = sum(inverse.values()) / len(inverse)
+    weights = {name: round(value / mean, 3) for name, value in inverse.items()}
+    return max(present.values()) / min(present.values()), weights
+
+
+def _missing(counts: dict[str, dict[str, int]]) -> dict[str, list[str]]:
+    """Per split, the classes with no readable images there."""
+    absent = {
+        split: [n for n, c in per_class.items() if c == 0] for split, per_class in counts.items()
+    }
+    return {split: names for split, names in absent.items() if names}
+
+
+def _tiny(items: list[_Item], scans: list[Fingerprint], min_size: int) -> list[TinyImage]:
+    return [
+        TinyImage(item.name, scan.width, scan.height)
+        for item, scan in zip(items, scans, strict=True)
+        if scan.reason is None and min(scan.width, scan.height) < min_size
+    ]
+
+
+def _sizes(readable: list[Fingerprint]) -> dict[str, dict[str, float]]:
+    if not readable:
+        return {}
+    sizes = {}
+    for side in ("width", "height"):
+        values = np.array([getattr(scan, side) for scan in readable])
+        sizes[side] = {"min": values.min(), "median": np.median(values), "max": values.max()}
+    return {side: {k: float(v) for k, v in stats.items()} for side, stats in sizes.items()}
+
+
+def _unreadable_findings(report: AuditReport) -> Iterator[Finding]:
+    for entry in report.unreadable:
+        yield Finding("unreadable", f"{entry.file}: {entry.reason}")
+
+
+def _duplicate_findings(report: AuditReport) -> Iterator[Finding]:
+    for group in report.exact_duplicates:
+        yield _duplicate_finding(report, group, exact=True)
+    for pair in report.near_duplicates:
+        yield _duplicate_finding(report, pair, exact=False)
+
+
+def _duplicate_finding(report: AuditReport, copies: Duplicates, exact: bool) -> Finding:
+    category = "exact duplicates" if exact else "near duplicates"
+    files = (" = " if exact else " ~ ").join(copies.files)
+    where = ("" if exact else f"distance {copies.distance}, ") + "in "
+    where += " and ".join(dict.fromkeys(copies.splits))
+    labels = sorted(set(copies.classes))
+    where += f", labelled {' and '.join(labels)}" if len(labels) > 1 else ""
+    if report.automatic_split:
+        where += ", can leak across the automatic train/val split"
+        if copies.leaks:
+            where += f" and does with val fraction {report.val_fraction}, seed {report.seed}"
+    elif copies.leaks:
+        trained = "train" in copies.splits
+        harm = "the model is scored on what it trained on" if trained else "held-out splits overlap"
+        copy = "exact copies" if exact else "near copies"
+        return Finding("leakage", f"{copy} {files} ({where}: {harm})")
+    return Finding(category, f"{files} ({where})")
+
+
+def _imbalance_findings(report: AuditReport) -> Iterator[Finding]:
+    ratio = report.imbalance_ratio
+    if ratio is None or ratio < report.imbalance_threshold:
+        return
+    counts = {n: c for n, c in next(iter(report.counts.values())).items() if c > 0}
+    largest, smallest = max(counts, key=counts.__getitem__), min(counts, key=counts.__getitem__)
+    weights = ", ".join(f"{name} {weight:g}" for name, weight in report.class_weights.items())
+    yield Finding(
+        "imbalance",
+        f"{largest} has {counts[largest]} training images, {smallest} "
+        f"{counts[smallest]} (ratio {ratio:.1f}, threshold {report.imbalance_threshold:g}); "
+        f"add images to the small classes or weight the loss: {weights}",
+    )
+
+
+def _missing_findings(report: AuditReport) -> Iterator[Finding]:
+    for split, names in report.missing.items():
+        harm = "it cannot be learned" if split in ("train", AUTO_SPLIT) else "it is not measured"
+        for name in names:
+            found = ", ".join(f"{s} has {c[name]}" for s, c in report.counts.items() if c[name])
+            detail = f"{name} has no readable images in {split} ({found or 'nor anywhere'})"
+            yield Finding("missing classes", f"{detail}: {harm}")
+
+
+def _tiny_findings(report: AuditReport) -> Iterator[Finding]:
+    for image in report.tiny_images:
+        size = f"{image.width}x{image.height}, a side under {report.min_size} px"
+        yield Finding("tiny images", f"{image.file} ({size})")
+
+
+def _mode_and_size_notes(report: AuditReport) -> Iterator[Finding]:
+    if report.modes:
+        modes = ", ".join(f"{mode} {count}" for mode, count in report.modes.items())
+        label = "mixed colour modes" if len(report.modes) > 1 else "one colour mode"
+        yield Finding("modes and sizes", f"{label} (converted when loaded): {modes}", False)
+    if report.sizes:
+        sides = [report.sizes[side] for side in ("width", "height")]
+        label = "mixed sizes" if any(s["min"] != s["max"] for s in sides) else "one size"
+        ranges = [f"{s['min']:g}/{s['median']:g}/{s['max']:g}" for s in sides]
+        text = f"{label}: width {ranges[0]}, height {ranges[1]} px (min/median/max)"
+        yield Finding("modes and sizes", text, False)

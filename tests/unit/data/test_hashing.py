@@ -1,0 +1,117 @@
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from torchgraft.data.hashing import (
+    content_digest,
+    fingerprint_arrays,
+    fingerprint_file,
+    hamming_distance,
+    near_duplicate_pairs,
+    perceptual_hash,
+)
+from torchgraft.testing import class_image
+
+
+def photo() -> np.ndarray:
+    """A real photo (scikit-image's cat), halved: (150, 225, 3) uint8."""
+    skimage_data = pytest.importorskip("skimage.data")
+    return np.asarray(Image.fromarray(skimage_data.chelsea()).reduce(2))
+
+
+def dhash(image: np.ndarray) -> int:
+    return perceptual_hash(torch.from_numpy(np.array(image)).permute(2, 0, 1))
+
+
+def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def test_digest_is_the_sha256_of_the_bytes(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 5000  # over a megabyte: read in more than one chunk
+    (tmp_path / "a.bin").write_bytes(data)
+    (tmp_path / "copy.bin").write_bytes(data)
+    (tmp_path / "changed.bin").write_bytes(data[:-1] + b"x")
+    assert content_digest(tmp_path / "a.bin") == hashlib.sha256(data).hexdigest()
+    assert content_digest(tmp_path / "copy.bin") == content_digest(tmp_path / "a.bin")
+    assert content_digest(tmp_path / "changed.bin") != content_digest(tmp_path / "a.bin")
+
+
+def test_dhash_is_the_same_for_the_same_picture() -> None:
+    image = photo()
+    assert dhash(image) == dhash(image.copy())
+    assert 0 <= dhash(image) < 2**64
+
+
+def test_dhash_barely_moves_for_reencoded_noised_or_resized_copies() -> None:
+    image = photo()
+    noised = np.clip(image + np.random.default_rng(0).normal(0, 4, image.shape), 0, 255)
+    resized = np.asarray(Image.fromarray(image).resize((150, 100)))
+    original = dhash(image)
+    assert hamming_distance(original, dhash(jpeg(image, 90))) <= 2
+    assert hamming_distance(original, dhash(noised.astype(np.uint8))) <= 2
+    assert hamming_distance(original, dhash(resized)) <= 2
+
+
+def test_dhash_tells_different_pictures_apart() -> None:
+    stripes_across, stripes_down = class_image(0, 64, seed=1), class_image(1, 64, seed=2)
+    assert hamming_distance(dhash(stripes_across), dhash(stripes_down)) >= 16
+    cropped = photo()[20:120, 40:180]  # another view of the cat
+    assert hamming_distance(dhash(photo()), dhash(np.ascontiguousarray(cropped))) > 4
+
+
+def test_dhash_of_grayscale_matches_rgb_of_the_same_gray() -> None:
+    gray = photo().mean(axis=2).astype(np.uint8)
+    as_rgb = np.repeat(gray[..., None], 3, axis=2)
+    single = perceptual_hash(torch.from_numpy(gray).unsqueeze(0))
+    assert hamming_distance(single, dhash(as_rgb)) <= 1
+
+
+def test_hamming_distance_counts_differing_bits() -> None:
+    assert hamming_distance(0, 0) == 0
+    assert hamming_distance(0b1011, 0b0001) == 2
+    assert hamming_distance(0, 2**64 - 1) == 64
+
+
+def test_near_duplicate_pairs_finds_the_planted_pairs_and_nothing_else() -> None:
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 2**63, size=300, dtype=np.uint64) * np.uint64(2)
+    hashes[17] = hashes[3] ^ np.uint64(0b101)  # 2 bits apart
+    hashes[250] = hashes[40] ^ np.uint64(1 << 63 | 1 << 10 | 1 << 5 | 1)  # 4 bits apart
+    hashes[123] = hashes[200]  # identical
+    hashes[99] = hashes[7] ^ np.uint64(0b11111)  # 5 bits apart: not near enough
+    pairs = near_duplicate_pairs(hashes, max_distance=4)
+    assert sorted(pairs) == [(3, 17), (40, 250), (123, 200)]
+    assert (7, 99) in near_duplicate_pairs(hashes, max_distance=5)
+
+
+def test_near_duplicate_pairs_handles_edge_sizes() -> None:
+    assert near_duplicate_pairs(np.array([], dtype=np.uint64), 4) == []
+    assert near_duplicate_pairs(np.array([5], dtype=np.uint64), 4) == []
+    same = np.full(5, 7, dtype=np.uint64)
+    assert len(near_duplicate_pairs(same, 0)) == 10  # every pair once, never (i, i)
+
+
+def test_fingerprint_file_gives_a_reason_instead_of_raising(tmp_path: Path) -> None:
+    Image.fromarray(class_image(0, 40)).save(tmp_path / "good.png")
+    (tmp_path / "notes.jpg").write_text("not a picture")
+    good = fingerprint_file(tmp_path / "good.png")
+    assert good.reason is None and (good.width, good.height, good.mode) == (40, 40, "RGB")
+    assert fingerprint_file(tmp_path / "notes.jpg").reason == "not an image (unrecognised format)"
+    assert "cannot be read" in str(fingerprint_file(tmp_path / "missing.png").reason)
+
+
+def test_fingerprint_arrays_matches_hashing_each_image() -> None:
+    images = np.stack([class_image(label, 32, seed=label)[..., 0] for label in range(3)])
+    fingerprints = fingerprint_arrays(images)
+    expected = [perceptual_hash(torch.from_numpy(image).unsqueeze(0)) for image in images]
+    assert [f.phash for f in fingerprints] == expected
+    assert {(f.width, f.height, f.mode) for f in fingerprints} == {(32, 32, "L")}
+    assert len({f.digest for f in fingerprints}) == 3
