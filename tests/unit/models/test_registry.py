@@ -3,7 +3,21 @@ import torch
 from safetensors.torch import save_file
 
 from torchgraft.errors import UserError
-from torchgraft.models import BackboneSpec, create_classifier, get_spec, register
+from torchgraft.models import (
+    BackboneSpec,
+    GraftedClassifier,
+    create_classifier,
+    get_spec,
+    register,
+)
+
+
+def pretrained_resnet18(weights_path: str | None = None) -> GraftedClassifier:
+    """A 4-class resnet18 grafted onto pretrained weights (a file, else the hub)."""
+    return create_classifier(
+        "resnet18", 4, channels=3, image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3,
+        pretrained=True, weights_path=weights_path,
+    )  # fmt: skip
 
 
 def test_duplicate_registration_is_refused() -> None:
@@ -26,16 +40,7 @@ def test_local_weights_file_of_another_timm_model(tmp_path) -> None:  # type: ig
 
     source = timm.create_model("resnet18", pretrained=False, num_classes=1000)
     save_file(source.state_dict(), tmp_path / "resnet18.safetensors")
-    model = create_classifier(
-        "resnet18",
-        4,
-        channels=3,
-        image_size=32,
-        mean=(0.5,) * 3,
-        std=(0.5,) * 3,
-        pretrained=True,
-        weights_path=str(tmp_path / "resnet18.safetensors"),
-    )
+    model = pretrained_resnet18(weights_path=str(tmp_path / "resnet18.safetensors"))
     assert torch.equal(model.net.conv1.weight, source.conv1.weight)
     assert model.net.fc.out_features == 4
 
@@ -43,16 +48,7 @@ def test_local_weights_file_of_another_timm_model(tmp_path) -> None:  # type: ig
 def test_weights_of_the_wrong_model_are_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     save_file({"foo": torch.zeros(3)}, tmp_path / "other.safetensors")
     with pytest.raises(UserError, match="does not fit this model"):
-        create_classifier(
-            "resnet18",
-            4,
-            channels=3,
-            image_size=32,
-            mean=(0.5,) * 3,
-            std=(0.5,) * 3,
-            pretrained=True,
-            weights_path=str(tmp_path / "other.safetensors"),
-        )
+        pretrained_resnet18(weights_path=str(tmp_path / "other.safetensors"))
 
 
 def test_offline_hub_failure_says_how_to_pass_a_local_file(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,12 +63,4 @@ def test_offline_hub_failure_says_how_to_pass_a_local_file(monkeypatch: pytest.M
 
     monkeypatch.setattr(timm, "create_model", offline)
     with pytest.raises(UserError, match=r"--weights PATH"):
-        create_classifier(
-            "resnet18",
-            4,
-            channels=3,
-            image_size=32,
-            mean=(0.5,) * 3,
-            std=(0.5,) * 3,
-            pretrained=True,
-        )
+        pretrained_resnet18()
