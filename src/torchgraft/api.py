@@ -41,6 +41,17 @@ def train(
     return fit(train_config(config, **settings))
 
 
+def resume(run: Run | str | Path, epochs: int | None = None, quiet: bool | None = None) -> Run:
+    """Continue a run from its last checkpoint, exactly where it stopped.
+
+    `epochs` extends a finished run to that many fine-tune epochs in all (a new one-cycle
+    schedule from the current weights).
+    """
+    from torchgraft.train import resume as resume_run
+
+    return resume_run(load_run(run).path, epochs=epochs, quiet=quiet)
+
+
 def load_run(run: Run | str | Path) -> Run:
     return run if isinstance(run, Run) else Run.load(run)
 

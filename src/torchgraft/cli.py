@@ -7,6 +7,7 @@ failures exit 1; Ctrl-C exits 130 after training has kept its best weights.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,15 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from torchgraft.config import AUGMENTATIONS, CACHE_MODES, DEVICES, RESIZE_MODES, default_of
+from torchgraft.config import (
+    AUGMENTATIONS,
+    CACHE_MODES,
+    DEVICES,
+    MONITORS,
+    PRECISIONS,
+    RESIZE_MODES,
+    default_of,
+)
 from torchgraft.errors import GraftError
 
 if TYPE_CHECKING:
@@ -36,6 +45,14 @@ def _default(dotted: str) -> str:
     """ "(default: X)" for help texts; settings whose default depends on the model say so."""
     value = default_of(dotted)
     return "" if value is None else f"(default: {value})"
+
+
+def _flag(dotted: str, help_text: str) -> Any:
+    """An on/off option (--x/--no-x) whose absence means "use the config file or default"."""
+    name = dotted.split(".")[-1].replace("_", "-")
+    return typer.Option(
+        f"--{name}/--no-{name}", help=f"{help_text} {_default(dotted)}", show_default=False
+    )
 
 
 def _option(dotted: str, help_text: str, *flags: str) -> Any:
@@ -177,6 +194,73 @@ def train(
     runs_dir: Annotated[
         str | None, _option("train.runs_dir", "Parent folder for run directories.")
     ] = None,
+    precision: Annotated[
+        str | None,
+        _option(
+            "train.precision", f"Precision: {', '.join(PRECISIONS)} (auto: bf16 on GPUs with it)."
+        ),
+    ] = None,
+    channels_last: Annotated[
+        bool | None, _flag("train.channels_last", "Channels-last memory layout.")
+    ] = None,
+    accumulate: Annotated[
+        int | None, _option("train.accumulate", "Batches per optimizer step.")
+    ] = None,
+    grad_clip: Annotated[
+        float | None, _option("train.grad_clip", "Clip the gradient norm to this (default: off).")
+    ] = None,
+    label_smoothing: Annotated[
+        float | None, _option("train.label_smoothing", "Label smoothing, 0 to 0.5.")
+    ] = None,
+    class_weights: Annotated[
+        str | None,
+        _option(
+            "train.class_weights", "Loss weights per class: none, or auto (inverse frequency)."
+        ),
+    ] = None,
+    mixup: Annotated[float | None, _option("train.mixup", "MixUp alpha (0: off).")] = None,
+    cutmix: Annotated[float | None, _option("train.cutmix", "CutMix alpha (0: off).")] = None,
+    ema_decay: Annotated[
+        float | None,
+        _option(
+            "train.ema_decay",
+            "Keep an EMA of the weights with this decay, e.g. 0.999 (default: off).",
+        ),
+    ] = None,
+    early_stop: Annotated[
+        int | None,
+        _option(
+            "train.early_stop", "Stop after this many epochs without improvement (default: off)."
+        ),
+    ] = None,
+    monitor: Annotated[
+        str | None,
+        _option("train.monitor", f"Score for best weights and early stop: {', '.join(MONITORS)}."),
+    ] = None,
+    time_limit: Annotated[
+        str | None,
+        _option(
+            "train.time_limit", "Stop cleanly after this long, e.g. 90s, 10m, 2h (default: none)."
+        ),
+    ] = None,
+    deterministic: Annotated[
+        bool | None,
+        _flag("train.deterministic", "Deterministic algorithms (bitwise-repeatable CPU runs)."),
+    ] = None,
+    feature_cache: Annotated[
+        bool | None,
+        _flag("train.feature_cache", "Keep frozen-backbone features on disk for later runs."),
+    ] = None,
+    tensorboard: Annotated[
+        bool | None, _flag("train.tensorboard", "Write TensorBoard logs to the run's tensorboard/.")
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue runs/NAME from its last checkpoint (after Ctrl-C, a crash or kill -9); "
+            "with --epochs N, extend a finished run to N fine-tune epochs.",
+        ),
+    ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bars; only the result.")
     ] = False,
@@ -185,13 +269,26 @@ def train(
     settings = {
         key: value
         for key, value in locals().items()
-        if value is not None and key not in ("config", "quiet")
+        if value is not None and key not in ("config", "quiet", "resume")
     }
     if quiet:
         settings["quiet"] = True
     from torchgraft import api
 
-    run = _guard(lambda: api.train(config=config, **settings), quiet)
+    if resume is not None:
+        extra = sorted(set(settings) - {"epochs", "quiet"})
+        if extra or config is not None or data is not None:
+            typer.echo(
+                "error: --resume continues a run as it was configured; only --epochs "
+                f"can change (got {', '.join(extra) or 'DATA/--config'})",
+                err=True,
+            )
+            raise typer.Exit(2)
+        run = _guard(lambda: api.resume(resume, epochs=epochs, quiet=quiet), quiet)
+    else:
+        run = _guard(lambda: api.train(config=config, **settings), quiet)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun, rank 0 speaks for all
     accuracy = run.info.metrics.get("val_accuracy")
     typer.echo(
         f"run saved to {run.path}"

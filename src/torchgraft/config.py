@@ -31,6 +31,9 @@ RESIZE_MODES = ("crop", "pad", "squash")
 AUGMENTATIONS = ("none", "light", "trivial", "randaugment")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 CACHE_MODES = ("memory", "disk", "none")
+PRECISIONS = ("auto", "fp32", "bf16")
+MONITORS = ("val_accuracy", "val_loss")
+CLASS_WEIGHTS = ("none", "auto")
 
 
 def _choice(default: str, choices: tuple[str, ...]) -> Any:
@@ -75,6 +78,21 @@ class TrainConfig:
     weight_decay: float = _at_least(0.01, 0.0)  # AdamW decoupled weight decay
     seed: int = 0  # seeds the split, the initialisation and the shuffling
     device: str = _choice("auto", DEVICES)  # auto picks cuda, then mps, then cpu
+    precision: str = _choice("auto", PRECISIONS)  # auto: bf16 autocast on GPUs that have it
+    channels_last: bool = False  # NHWC memory layout (faster convolutions on recent GPUs)
+    accumulate: int = _at_least(1, 1)  # batches per optimizer step (gradient accumulation)
+    grad_clip: float | None = _at_least(None, 0.0)  # max gradient norm; None: no clipping
+    label_smoothing: float = _at_least(0.0, 0.0, 0.5)  # share of target mass spread evenly
+    class_weights: str = _choice("none", CLASS_WEIGHTS)  # auto: inverse class frequency
+    mixup: float = _at_least(0.0, 0.0)  # MixUp Beta(alpha, alpha); 0: off
+    cutmix: float = _at_least(0.0, 0.0)  # CutMix Beta(alpha, alpha); 0: off
+    ema_decay: float | None = _at_least(None, 0.0, 1.0)  # EMA of the weights, e.g. 0.999
+    early_stop: int | None = _at_least(None, 1)  # patience in epochs; None: never stop early
+    monitor: str = _choice("val_accuracy", MONITORS)  # the score for best weights, early stop
+    time_limit: str | None = field(default=None, metadata={"duration": True})  # 90s, 10m, 2h
+    deterministic: bool = False  # deterministic algorithms: bitwise-repeatable CPU runs
+    feature_cache: bool = True  # keep frozen-backbone features on disk, reused across runs
+    tensorboard: bool = True  # write TensorBoard event files to the run's tensorboard/
     quiet: bool = False  # no progress bars
 
 
@@ -98,6 +116,11 @@ def load_train_config(
             raise UserError(f"{where}: '{section}' must be a mapping of settings")
         raw[section][key] = value
     return _build(RunConfig, raw, where)
+
+
+def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    """A RunConfig from its saved form (graft.json's resolved config), validated again."""
+    return typing.cast(RunConfig, _build(RunConfig, raw, "config"))
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -179,6 +202,11 @@ def _check_value(name: str, value: Any, metadata: typing.Mapping[str, Any]) -> A
     minimum = metadata.get("minimum")
     if minimum is not None and value is not None and value < minimum:
         raise UserError(f"{name}: {value!r} is below the minimum {minimum}")
+    if metadata.get("duration") and value is not None:
+        try:
+            parse_duration(str(value))
+        except UserError as error:
+            raise UserError(f"{name}: {error}") from None
     maximum = metadata.get("maximum")
     if maximum is not None and value is not None and value > maximum:
         raise UserError(f"{name}: {value!r} is above the maximum {maximum}")
@@ -218,3 +246,18 @@ def default_of(dotted: str) -> Any:
     """The default value of a dotted setting (for help texts)."""
     section, _, key = dotted.partition(".")
     return getattr(getattr(RunConfig(), section), key)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "90", "90s", "10m", "1.5h"; refuses anything else with an example."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    cleaned = text.strip().lower()
+    scale = units.get(cleaned[-1:], 1.0) if cleaned else 1.0
+    number = cleaned[:-1] if cleaned[-1:] in units else cleaned
+    try:
+        seconds = float(number) * scale
+    except ValueError:
+        raise UserError(f"time limit {text!r} is not a duration: use e.g. 90s, 10m or 2h") from None
+    if seconds <= 0:
+        raise UserError(f"time limit {text!r} must be positive")
+    return seconds

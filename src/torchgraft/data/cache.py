@@ -53,6 +53,7 @@ class DecodedSplit:
     kept: np.ndarray  # indices (into the split) of the images that decoded
     skipped: list[Skipped] = field(default_factory=list)
     pixels: np.ndarray | None = None  # (len(kept), C, S, S) uint8; None when not cached
+    key: str = ""  # hash of the images' contents and the preprocessing (names cache entries)
 
 
 def default_cache_dir() -> Path:
@@ -74,15 +75,18 @@ def decode_split(
     mode "memory" keeps the pixels in RAM, "disk" memory-maps them from `cache_dir` and
     reuses them across runs, "none" only checks which images decode (pixels are not kept).
     """
-    if mode != "disk":
-        return _decode_all(images, preprocessing, mode == "memory", workers, description, quiet)
-    folder = (cache_dir or default_cache_dir()) / "images"
     key = cache_key(images, preprocessing)
+    if mode != "disk":
+        decoded = _decode_all(images, preprocessing, mode == "memory", workers, description, quiet)
+        decoded.key = key
+        return decoded
+    folder = (cache_dir or default_cache_dir()) / "images"
     cached = _read_cached(folder, key)
     if cached is not None:
         logger.info("decoded-image cache hit: %s (%d images)", folder / key, len(cached.kept))
         return cached
     decoded = _decode_all(images, preprocessing, True, workers, description, quiet)
+    decoded.key = key
     _write_cached(folder, key, decoded)
     return _read_cached(folder, key) or decoded
 
@@ -176,7 +180,7 @@ def _read_cached(folder: Path, key: str) -> DecodedSplit | None:
         logger.warning("ignoring a damaged cache entry %s: %s", pixels_file, error)
         return None
     skipped = [Skipped(**item) for item in index["skipped"]]
-    return DecodedSplit(np.asarray(index["kept"], dtype=np.int64), skipped, pixels)
+    return DecodedSplit(np.asarray(index["kept"], dtype=np.int64), skipped, pixels, key)
 
 
 def _write_cached(folder: Path, key: str, decoded: DecodedSplit) -> None:

@@ -1,29 +1,47 @@
 """The transfer-learning recipe: train a new head on the frozen backbone, then fine-tune all.
 
-`fit(config)` reads as the recipe itself; each step is a small function below it.
-From-scratch networks skip the frozen phase and train everything from the first epoch.
+`fit(config)` starts a run and `resume(run)` continues one; both read as a recipe of named
+steps and hand the epochs to the `Trainer`. From-scratch networks skip the frozen phase.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import time
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
 import torch
-from torch import nn
-from torch.optim import AdamW
-from torch.optim.lr_scheduler import OneCycleLR
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
 
-from torchgraft.artifact import Run
-from torchgraft.config import RunConfig, TrainConfig
-from torchgraft.data import load_data, make_loader, split_datasets
+from torchgraft.artifact import Preprocessing, Run
+from torchgraft.config import RunConfig, TrainConfig, config_from_dict, parse_duration
+from torchgraft.data import DataSplits, DecodedSplit, load_data, split_datasets
+from torchgraft.data.cache import default_cache_dir
 from torchgraft.models import GraftedClassifier, create_classifier, get_spec
-from torchgraft.train.features import compute_features
-from torchgraft.train.history import EpochRecord, History
-from torchgraft.train.loop import evaluate, train_one_epoch
+from torchgraft.train.callbacks import (
+    BestWeights,
+    Callback,
+    Checkpointer,
+    EarlyStopping,
+    EpochLog,
+    MetricsCsv,
+    TensorBoardLogger,
+    TimeLimit,
+)
+from torchgraft.train.checkpoint import Checkpoint, load_checkpoint
+from torchgraft.train.distributed import (
+    Distributed,
+    broadcast_text,
+    device_for,
+    join_process_group,
+    leave_process_group,
+)
+from torchgraft.train.engine import ImageSet, Phase, Trainer, TrainingData
+from torchgraft.train.features import backbone_digest, cached_features, feature_key
+from torchgraft.train.loop import StepOptions
 from torchgraft.train.setup import (
     create_run,
     decode_splits,
@@ -34,68 +52,44 @@ from torchgraft.train.setup import (
 
 logger = logging.getLogger(__name__)
 
-Loader = DataLoader[Any]
-ImageSet = Dataset[tuple[torch.Tensor, int]]
-
-
-@dataclass(frozen=True)
-class Steps:
-    """How one phase optimises: AdamW under a one-cycle schedule."""
-
-    epochs: int
-    lr: float  # peak learning rate of the head
-    weight_decay: float
-    batch_size: int
-    seed: int  # shuffling order
-
 
 def fit(config: RunConfig) -> Run:
     """Train a classifier as `config` says and return its run directory."""
-    torch.manual_seed(config.train.seed)
+    seed_everything(config.train)
     splits = load_data(config.data.source, config.data.val_fraction, config.train.seed)
     spec = get_spec(config.model.name)
     starts_pretrained = spec.pretrainable and config.model.pretrained
     config = replace(config, train=resolve_training(config.train, starts_pretrained))
     preprocessing = resolve_preprocessing(spec, config.data, splits)
-    model = create_classifier(
-        spec.name, len(splits.class_names), channels=preprocessing.channels,
-        image_size=preprocessing.image_size, mean=preprocessing.mean, std=preprocessing.std,
-        pretrained=config.model.pretrained, weights_path=config.model.weights,
-    )  # fmt: skip
-    device = resolve_device(config.train.device)
-    model.to(device)
-    run = create_run(config, splits, preprocessing)
-    history = History(run)
-    logger.info(
-        "training %s on %s: %d train / %d val images, %d classes, %dpx, %s -> %s",
-        spec.name, splits.source, len(splits.train), len(splits.val),
-        len(splits.class_names), preprocessing.image_size, device, run.path,
-    )  # fmt: skip
+    model = build_model(config, preprocessing, len(splits.class_names), pretrained=True)
+    context = join_process_group()
+    run = create_run(config, splits, preprocessing, write=context.is_main)
+    if context.world_size > 1:  # rank 0 chose the (unique) folder; everyone uses it
+        run.path = Path(broadcast_text(str(run.path), context))
+    frozen = config.train.freeze_epochs if starts_pretrained else 0
+    phases = [Phase("frozen", frozen), Phase("finetune", config.train.epochs or 0)]
+    return train_run(run, config, splits, model, [p for p in phases if p.epochs], None)
 
-    train, data, quiet = config.train, config.data, config.train.quiet
-    decoded = decode_splits(splits, preprocessing, data, quiet)
-    record_skipped(run, splits, decoded)
-    train_plain, train_augmented = split_datasets(
-        splits.train, decoded["train"], preprocessing, data.augment
-    )
-    val_plain, _ = split_datasets(splits.val, decoded["val"], preprocessing, "none")
-    frozen_epochs = train.freeze_epochs if starts_pretrained else 0
-    if frozen_epochs:
-        features = cache_features(model, train_plain, val_plain, data.batch_size, device, quiet)
-        steps = Steps(
-            frozen_epochs, train.lr or 0.0, train.weight_decay, data.batch_size, train.seed
+
+def resume(path: str | Path, epochs: int | None = None, quiet: bool | None = None) -> Run:
+    """Continue a run from its last checkpoint; `epochs` extends the fine-tune to that total."""
+    run = Run.load(path)
+    config = config_from_dict(run.info.config)
+    if quiet is not None:
+        config = replace(config, train=replace(config.train, quiet=quiet))
+    checkpoint = load_checkpoint(run.path)
+    seed_everything(config.train)
+    splits = load_data(config.data.source, config.data.val_fraction, config.train.seed)
+    if splits.fingerprint() != run.info.data_fingerprint:
+        logger.warning(
+            "the data changed since %s was trained; resuming on the data as it is now", run.path
         )
-        train_head(model, *features, steps, device, history, quiet)
-    if train.epochs:
-        steps = Steps(
-            train.epochs, train.lr or 0.0, train.weight_decay, data.batch_size, train.seed
-        )
-        fine_tune(
-            model, train_augmented, val_plain, steps, train.backbone_lr_divisor, data.num_workers,
-            device, history, first_epoch=frozen_epochs + 1, quiet=quiet,
-        )  # fmt: skip
-    logger.info("best validation accuracy %.4f, saved in %s", history.best_accuracy, run.path)
-    return run
+    model = build_model(config, run.info.preprocessing, run.info.num_classes, pretrained=False)
+    phases = [Phase(**phase) for phase in checkpoint.meta["progress"]["phases"]]
+    phases = extend_plan(phases, epochs)
+    config = replace(config, train=replace(config.train, epochs=sum_finetune(phases)))
+    run.info.config["train"]["epochs"] = config.train.epochs
+    return train_run(run, config, splits, model, phases, checkpoint)
 
 
 def resolve_training(train: TrainConfig, starts_pretrained: bool) -> TrainConfig:
@@ -110,78 +104,197 @@ def resolve_training(train: TrainConfig, starts_pretrained: bool) -> TrainConfig
     return replace(train, epochs=epochs, lr=lr)
 
 
-def cache_features(
-    model: GraftedClassifier, train_set: ImageSet, val_set: ImageSet, batch_size: int,
-    device: torch.device, quiet: bool,
+def seed_everything(train: TrainConfig) -> None:
+    torch.manual_seed(train.seed)
+    if train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def build_model(
+    config: RunConfig, preprocessing: Preprocessing, num_classes: int, pretrained: bool
+) -> GraftedClassifier:
+    return create_classifier(
+        config.model.name, num_classes, channels=preprocessing.channels,
+        image_size=preprocessing.image_size, mean=preprocessing.mean, std=preprocessing.std,
+        pretrained=pretrained and config.model.pretrained, weights_path=config.model.weights,
+    )  # fmt: skip
+
+
+def extend_plan(phases: list[Phase], epochs: int | None) -> list[Phase]:
+    """A finished plan plus a new fine-tune phase reaching `epochs` fine-tune epochs in all.
+
+    The new phase gets its own one-cycle schedule, warming up from the current weights.
+    """
+    if epochs is None or epochs <= sum_finetune(phases):
+        return phases
+    return [*phases, Phase("finetune", epochs - sum_finetune(phases))]
+
+
+def sum_finetune(phases: list[Phase]) -> int:
+    return sum(phase.epochs for phase in phases if phase.name == "finetune")
+
+
+def train_run(
+    run: Run, config: RunConfig, splits: DataSplits, model: GraftedClassifier,
+    phases: list[Phase], checkpoint: Checkpoint | None,
+) -> Run:  # fmt: skip
+    """Decode the data, then let the Trainer run the phases (from `checkpoint` if given)."""
+    context = join_process_group()
+    if not context.is_main:  # one progress bar and one log, from rank 0
+        config = replace(config, train=replace(config.train, quiet=True))
+        logging.getLogger("torchgraft").setLevel(logging.WARNING)
+    try:
+        return _train_run(run, config, splits, model, phases, checkpoint, context)
+    finally:
+        leave_process_group(context)
+
+
+def _train_run(
+    run: Run, config: RunConfig, splits: DataSplits, model: GraftedClassifier,
+    phases: list[Phase], checkpoint: Checkpoint | None, context: Distributed,
+) -> Run:  # fmt: skip
+    device = device_for(context, resolve_device(config.train.device))
+    model.to(device)
+    if config.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    preprocessing, data = run.info.preprocessing, config.data
+    decoded = decode_splits(splits, preprocessing, data, config.train.quiet)
+    record_skipped(run, splits, decoded, write=context.is_main)
+    train_plain, train_images = split_datasets(
+        splits.train, decoded["train"], preprocessing, data.augment
+    )
+    val_images, _ = split_datasets(splits.val, decoded["val"], preprocessing, "none")
+    logger.info(
+        "training %s on %s: %d train / %d val images, %d classes, %dpx, %s -> %s",
+        config.model.name, splits.source, len(decoded["train"].kept), len(decoded["val"].kept),
+        len(splits.class_names), preprocessing.image_size, device, run.path,
+    )  # fmt: skip
+    train_labels = splits.train.labels[decoded["train"].kept]
+    options = step_options(config, train_labels, len(splits.class_names), device)
+    features = functools.partial(frozen_features, model, config, preprocessing, decoded, device)
+    trainer = Trainer(
+        run, model, TrainingData(train_images, train_plain, val_images), config, device,
+        phases, build_callbacks(config.train, context.is_main), options,
+        feature_source=features, distributed=context,
+    )  # fmt: skip
+    try:
+        trainer.fit(checkpoint)
+    except KeyboardInterrupt:
+        logger.warning("interrupted: resume with `graft train --resume %s`", run.path)
+        raise
+    if trainer.stop_reason:
+        logger.info("%s", trainer.stop_reason)
+    logger.info("best %s at epoch %s, saved in %s", trainer.monitor, trainer.best_epoch, run.path)
+    return run
+
+
+def build_callbacks(train: TrainConfig, writer: bool = True) -> list[Callback]:
+    """The callbacks a run uses, in order: record, keep the best, decide, checkpoint, log.
+
+    Only the `writer` (rank 0 under DDP) touches the run directory; every rank decides.
+    """
+    callbacks: list[Callback] = [MetricsCsv()] if writer else []
+    callbacks.append(BestWeights(write=writer))
+    if train.early_stop is not None:
+        callbacks.append(EarlyStopping(train.early_stop))
+    if train.time_limit is not None:
+        callbacks.append(TimeLimit(parse_duration(train.time_limit)))
+    if writer:
+        callbacks += [Checkpointer(), EpochLog()]
+    if writer and train.tensorboard:
+        callbacks.append(TensorBoardLogger())
+    return callbacks
+
+
+def step_options(
+    config: RunConfig, train_labels: np.ndarray, num_classes: int, device: torch.device
+) -> StepOptions:
+    """Loss, precision and the optional step features of the fine-tune phase."""
+    train = config.train
+    weight = (
+        class_weights(train_labels, num_classes).to(device)
+        if train.class_weights == "auto"
+        else None
+    )
+    loss = functools.partial(F.cross_entropy, weight=weight, label_smoothing=train.label_smoothing)
+    return StepOptions(
+        loss=loss,
+        autocast_dtype=autocast_dtype(train.precision, device),
+        channels_last=train.channels_last,
+        accumulate=train.accumulate,
+        grad_clip=train.grad_clip,
+        batch_transform=mix_transform(train.mixup, train.cutmix, num_classes),
+    )
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse class frequency, scaled to mean 1 (absent classes get weight 0)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = np.divide(
+        counts.sum() / num_classes, counts, out=np.zeros_like(counts), where=counts > 0
+    )
+    return torch.tensor(weights / weights[weights > 0].mean(), dtype=torch.float32)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 where asked, or on `auto` where the GPU supports it; full precision otherwise."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def mix_transform(
+    mixup: float, cutmix: float, num_classes: int
+) -> functools.partial[tuple[torch.Tensor, torch.Tensor]] | None:
+    """MixUp and/or CutMix on float batches (one of them per batch when both are on)."""
+    from torchvision.transforms import v2
+
+    chosen = [v2.MixUp(alpha=mixup, num_classes=num_classes)] if mixup > 0 else []
+    chosen += [v2.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix > 0 else []
+    if not chosen:
+        return None
+    mixer = chosen[0] if len(chosen) == 1 else v2.RandomChoice(chosen)
+    return functools.partial(_mix, mixer)
+
+
+def _mix(
+    mixer: object, images: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return mixer(images.float(), labels)  # type: ignore[operator]
+
+
+def frozen_features(
+    model: GraftedClassifier, config: RunConfig, preprocessing: Preprocessing,
+    decoded: dict[str, DecodedSplit], device: torch.device, train_set: ImageSet, val_set: ImageSet,
 ) -> tuple[TensorDataset, TensorDataset]:  # fmt: skip
-    """Backbone features of the train and val images, computed once for the frozen phase.
+    """Backbone features of train and val images: from the feature cache, or computed once.
 
     No augmentation: a frozen backbone maps each image to fixed features, so one pass is
     enough and every head epoch after it costs milliseconds.
     """
-    features = []
-    for name, images in (("train", train_set), ("val", val_set)):
-        loader = make_loader(images, batch_size * 2, False, 0)
-        features.append(
-            compute_features(model, loader, device, description=f"features ({name})", quiet=quiet)
+    cache_dir = None
+    if config.train.feature_cache:
+        cache_dir = (
+            Path(config.data.cache_dir).expanduser()
+            if config.data.cache_dir
+            else default_cache_dir()
         )
-    return features[0], features[1]
-
-
-def train_head(
-    model: GraftedClassifier, train_features: TensorDataset, val_features: TensorDataset,
-    steps: Steps, device: torch.device, history: History, quiet: bool,
-) -> None:  # fmt: skip
-    """Phase 1: only the new head learns, on the cached features."""
-    train = make_loader(train_features, steps.batch_size, True, 0, steps.seed)
-    val = make_loader(val_features, 1024, False, 0)
-    optimizer = AdamW(model.head.parameters(), lr=steps.lr, weight_decay=steps.weight_decay)
-    scheduler = OneCycleLR(optimizer, max_lr=steps.lr, total_steps=steps.epochs * len(train))
-    for epoch in range(1, steps.epochs + 1):
-        run_epoch(
-            model.head, train, val, optimizer, scheduler, device, history,
-            phase="frozen", epoch=epoch, quiet=quiet, keep=model,
-        )  # fmt: skip
-
-
-def fine_tune(
-    model: GraftedClassifier, train_set: ImageSet, val_set: ImageSet, steps: Steps,
-    backbone_lr_divisor: float, num_workers: int, device: torch.device, history: History,
-    first_epoch: int, quiet: bool,
-) -> None:  # fmt: skip
-    """Phase 2: the whole network, the backbone at a fraction of the head's learning rate."""
-    train = make_loader(train_set, steps.batch_size, True, num_workers, steps.seed)
-    val = make_loader(val_set, steps.batch_size * 2, False, num_workers)
-    model.set_backbone_trainable(True)
-    rates = [steps.lr / backbone_lr_divisor, steps.lr]
-    groups = [
-        {"params": model.backbone_parameters(), "lr": rates[0]},
-        {"params": list(model.head.parameters()), "lr": rates[1]},
-    ]
-    optimizer = AdamW(groups, weight_decay=steps.weight_decay)
-    scheduler = OneCycleLR(optimizer, max_lr=rates, total_steps=steps.epochs * len(train))
-    for epoch in range(first_epoch, first_epoch + steps.epochs):
-        run_epoch(
-            model, train, val, optimizer, scheduler, device, history,
-            phase="finetune", epoch=epoch, quiet=quiet, keep=model,
-        )  # fmt: skip
-
-
-def run_epoch(
-    module: nn.Module, train: Loader, val: Loader, optimizer: AdamW, scheduler: OneCycleLR,
-    device: torch.device, history: History, *, phase: str, epoch: int, quiet: bool,
-    keep: GraftedClassifier,
-) -> None:  # fmt: skip
-    """Train and validate `module` once, then record the epoch (saving `keep` if it is best)."""
-    started = time.perf_counter()
-    description = f"epoch {epoch} {phase}"
-    trained = train_one_epoch(
-        module, train, optimizer, scheduler, device, description=description, quiet=quiet
-    )
-    validated = evaluate(module, val, device, quiet=quiet)
-    record = EpochRecord(
-        phase=phase, epoch=epoch, train_loss=trained.loss, train_accuracy=trained.accuracy,
-        val_loss=validated.loss, val_accuracy=validated.accuracy,
-        lr=optimizer.param_groups[-1]["lr"], seconds=time.perf_counter() - started,
-    )  # fmt: skip
-    history.record(record, keep)
+    weights = backbone_digest(model)
+    results = []
+    for name, images in (("train", train_set), ("val", val_set)):
+        key = feature_key(config.model.name, weights, preprocessing, decoded[name].key)
+        results.append(
+            cached_features(
+                model,
+                images,
+                key,
+                cache_dir,
+                batch_size=config.data.batch_size * 2,
+                device=device,
+                description=f"features ({name})",
+                quiet=config.train.quiet,
+            )
+        )
+    return results[0], results[1]

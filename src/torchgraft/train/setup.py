@@ -58,8 +58,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def create_run(config: RunConfig, splits: DataSplits, preprocessing: Preprocessing) -> Run:
-    """A new run directory whose graft.json already describes the model to come."""
+def create_run(
+    config: RunConfig, splits: DataSplits, preprocessing: Preprocessing, write: bool = True
+) -> Run:
+    """A new run directory whose graft.json already describes the model to come.
+
+    With `write` False (DDP ranks other than 0) the Run exists only in memory.
+    """
     class_names = splits.class_names
     names_file = config.data.class_names
     info = RunInfo(
@@ -71,10 +76,10 @@ def create_run(config: RunConfig, splits: DataSplits, preprocessing: Preprocessi
         data_fingerprint=splits.fingerprint(),
         versions=library_versions(),
     )
-    return Run.create(
-        unique_run_path(config.train.runs_dir, config.train.name, config.model.name, splits.source),
-        info,
+    path = unique_run_path(
+        config.train.runs_dir, config.train.name, config.model.name, splits.source
     )
+    return Run.create(path, info) if write else Run(path, info)
 
 
 def unique_run_path(runs_dir: str, name: str | None, model_name: str, source: str) -> Path:
@@ -113,19 +118,22 @@ def decode_workers(count: int, num_workers: int) -> int:
     return max(num_workers, min(2, os.cpu_count() or 1))
 
 
-def record_skipped(run: Run, splits: DataSplits, decoded: dict[str, DecodedSplit]) -> None:
+def record_skipped(
+    run: Run, splits: DataSplits, decoded: dict[str, DecodedSplit], write: bool = True
+) -> None:
     """Write skipped.csv (path, split, reason); refuse to go on without usable images."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "split", "reason"])
-    for name, result in decoded.items():
-        writer.writerows([skipped.path, name, skipped.reason] for skipped in result.skipped)
-    atomic_write_bytes(run.path / SKIPPED_FILE, buffer.getvalue().encode())
     run.info.data_summary = {
         **{f"{name}_images": len(result.kept) for name, result in decoded.items()},
         "skipped": sum(len(result.skipped) for result in decoded.values()),
     }
-    run.save_info()
+    if write:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["path", "split", "reason"])
+        for name, result in decoded.items():
+            writer.writerows([skipped.path, name, skipped.reason] for skipped in result.skipped)
+        atomic_write_bytes(run.path / SKIPPED_FILE, buffer.getvalue().encode())
+        run.save_info()
     total = run.info.data_summary["skipped"]
     if total:
         logger.warning("%d unreadable files skipped, listed in %s", total, run.path / SKIPPED_FILE)

@@ -1,0 +1,105 @@
+"""Checkpoints resume exactly: after kill -9, after Ctrl-C, and to extend a finished run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.e2e.runner import GRAFT, graft
+from torchgraft import api
+from torchgraft.train.checkpoint import load_checkpoint
+
+TRAIN = ("train", "digits", "--model", "cnn", "--epochs", "6", "--batch-size", "32",
+         "--deterministic", "--no-tensorboard", "--quiet")  # fmt: skip
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run).part("model")
+
+
+def rows(run: Path) -> list[dict[str, str]]:
+    with (run / "metrics.csv").open() as file:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(file)]
+
+
+def wait_for_epoch(run: Path, epoch: int, process: subprocess.Popen[str]) -> None:
+    index = run / "checkpoints" / "last.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if index.is_file() and json.loads(index.read_text())["progress"]["epoch"] >= epoch:
+            return
+        time.sleep(0.05)
+    pytest.fail("the training process never reached the epoch to kill it at")
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_gives_the_uninterrupted_weights(tmp_path: Path) -> None:
+    assert graft(*TRAIN, "--name", "straight", cwd=tmp_path).returncode == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    process = subprocess.Popen(
+        [*GRAFT, *TRAIN, "--name", "killed"], cwd=tmp_path, env=env, text=True
+    )
+    killed = tmp_path / "runs" / "killed"
+    wait_for_epoch(killed, 2, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert json.loads((killed / "checkpoints" / "last.json").read_text())["progress"]["epoch"] < 6
+
+    resumed = graft("train", "--resume", str(killed), "--quiet", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    straight = tmp_path / "runs" / "straight"
+    expected, actual = final_weights(straight), final_weights(killed)
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+    assert rows(killed) == rows(straight)
+
+
+def test_extending_a_finished_run(tmp_path: Path) -> None:
+    run = api.train(
+        "digits", model="cnn", epochs=2, runs_dir=str(tmp_path), quiet=True, tensorboard=False
+    )
+    extended = api.resume(run.path, epochs=4, quiet=True)
+    assert [int(row["epoch"]) for row in rows(extended.path)] == [1, 2, 3, 4]
+    phases = load_checkpoint(run.path).meta["progress"]["phases"]
+    assert phases == [{"name": "finetune", "epochs": 2}, {"name": "finetune", "epochs": 2}]
+    assert api.load_run(run.path).info.config["train"]["epochs"] == 4
+
+
+def test_resume_after_ctrl_c_across_the_phase_boundary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interrupted in the fine-tune phase after a frozen phase: the resumed run matches."""
+    from torchgraft.testing import make_image_folder
+    from torchgraft.train import callbacks
+
+    data = make_image_folder(tmp_path / "data", per_class=8, size=32)
+    settings = dict(
+        model="efficientnet_lite0", freeze_epochs=2, epochs=2, image_size=32, batch_size=8,
+        runs_dir=str(tmp_path / "runs"), quiet=True, tensorboard=False, deterministic=True,
+        cache_dir=str(tmp_path / "cache"),
+    )  # fmt: skip
+    straight = api.train(data, name="straight", **settings)
+
+    original = callbacks.EpochLog.on_epoch_end
+
+    def interrupt_at_epoch_3(self, trainer, record):  # type: ignore[no-untyped-def]
+        original(self, trainer, record)
+        if record.epoch == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(callbacks.EpochLog, "on_epoch_end", interrupt_at_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        api.train(data, name="interrupted", **settings)
+    monkeypatch.undo()
+    interrupted = api.resume(tmp_path / "runs" / "interrupted", quiet=True)
+    expected, actual = final_weights(straight.path), final_weights(interrupted.path)
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+    assert rows(interrupted.path) == rows(straight.path)
