@@ -41,6 +41,18 @@ def train(
     return fit(train_config(config, **settings))
 
 
+def lr_find(
+    data: str | Path | None = None, *, config: str | Path | None = None, **settings: Any
+) -> Run:
+    """Sweep the learning rate for this set-up; the run holds figures/lr_find.png and the
+    suggestion (`run.info.metrics["lr_find_suggestion"]`). Settings as for `train`."""
+    from torchgraft.train import fit
+
+    if data is not None:
+        settings["data"] = str(data)
+    return fit(train_config(config, **settings), find_lr_only=True)
+
+
 def resume(run: Run | str | Path, epochs: int | None = None, quiet: bool | None = None) -> Run:
     """Continue a run from its last checkpoint, exactly where it stopped.
 

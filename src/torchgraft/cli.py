@@ -112,10 +112,10 @@ def train(
         ),
     ] = None,
     lr: Annotated[
-        float | None,
+        str | None,
         _option(
             "train.lr",
-            "Peak learning rate of the head, one-cycle "
+            "Peak learning rate of the head, one-cycle, or auto to run the lr finder first "
             "(default: 2e-3 for a pretrained backbone, 1e-2 from scratch).",
         ),
     ] = None,
@@ -293,6 +293,54 @@ def train(
     typer.echo(
         f"run saved to {run.path}"
         + (f" (validation accuracy {accuracy:.2%})" if accuracy is not None else "")
+    )
+
+
+@app.command("lr-find")
+def lr_find(
+    data: Annotated[
+        str | None,
+        typer.Argument(help="The data, as for `graft train`.", show_default=False),
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config, as for `graft train`.")] = None,
+    model: Annotated[str | None, _option("model.name", "Backbone, as for `graft train`.")] = None,
+    weights: Annotated[
+        str | None, _option("model.weights", "Local pretrained weights file.")
+    ] = None,
+    image_size: Annotated[
+        int | None, _option("data.image_size", "Training resolution in pixels.")
+    ] = None,
+    batch_size: Annotated[int | None, _option("data.batch_size", "Images per step.")] = None,
+    backbone_lr_divisor: Annotated[
+        float | None,
+        _option("train.backbone_lr_divisor", "Backbone rate = head rate / this, as in training."),
+    ] = None,
+    weight_decay: Annotated[
+        float | None, _option("train.weight_decay", "AdamW weight decay.")
+    ] = None,
+    seed: Annotated[int | None, _option("train.seed", "Random seed.")] = None,
+    device: Annotated[str | None, _option("train.device", f"Device: {', '.join(DEVICES)}.")] = None,
+    name: Annotated[str | None, _option("train.name", "Run name for the plot's folder.")] = None,
+    runs_dir: Annotated[
+        str | None, _option("train.runs_dir", "Parent folder for run directories.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Sweep the learning rate (the range test): plot, suggestion, and the command to use it.
+
+    The sweep runs the fine-tune set-up (backbone at lr / divisor) from the pretrained
+    weights, then puts the model back; `graft train --lr auto` does the same before training.
+    """
+    settings = {k: v for k, v in locals().items() if v is not None and k not in ("config", "quiet")}
+    settings["quiet"] = quiet
+    from torchgraft import api
+
+    run = _guard(lambda: api.lr_find(config=config, **settings), quiet)
+    suggestion = run.info.metrics["lr_find_suggestion"]
+    typer.echo(f"suggested learning rate: {suggestion:.2e}")
+    typer.echo(f"plot: {run.path / 'figures' / 'lr_find.png'}")
+    typer.echo(
+        f"use it: graft train with the same options and --lr {suggestion:.2e} (or --lr auto)"
     )
 
 

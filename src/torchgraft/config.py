@@ -73,7 +73,9 @@ class TrainConfig:
     runs_dir: str = "runs"  # parent folder of run directories
     freeze_epochs: int = _at_least(3, 0)  # epochs training only the new head, backbone frozen
     epochs: int | None = _at_least(None, 0)  # whole-network epochs; None: 6 pretrained, 10 scratch
-    lr: float | None = _at_least(None, 0.0)  # peak head lr (one-cycle); None: 2e-3, 1e-2 scratch
+    lr: float | str | None = field(  # peak head lr (one-cycle); auto: lr-find; None: by model
+        default=None, metadata={"minimum": 0.0, "auto": True}
+    )
     backbone_lr_divisor: float = _at_least(10.0, 1.0)  # backbone lr = lr / this when fine-tuning
     weight_decay: float = _at_least(0.01, 0.0)  # AdamW decoupled weight decay
     seed: int = 0  # seeds the split, the initialisation and the shuffling
@@ -161,7 +163,11 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
                 raise UserError(f"{name}: expected a mapping of settings, got {value!r}")
             values[key] = _build(typing.cast(type, hint), value, name)
         else:
-            values[key] = _check_value(name, _coerce(name, value, hint), fields[key].metadata)
+            metadata = fields[key].metadata
+            if metadata.get("auto") and str(value).strip().lower() == "auto":
+                values[key] = "auto"  # resolved later, by measurement (the lr finder)
+                continue
+            values[key] = _check_value(name, _coerce(name, value, hint), metadata)
     return cls(**values)
 
 

@@ -82,6 +82,7 @@ class BestWeights(Callback):
             return
         trainer.run.save_weights(trainer.evaluated_model().state_dict())
         trainer.run.info.metrics = {
+            **trainer.run.info.metrics,
             "val_accuracy": record.val_accuracy, "val_loss": record.val_loss,
             "epoch": record.epoch, "monitor": trainer.monitor,
         }  # fmt: skip

@@ -216,7 +216,8 @@ class Trainer:
     def _optimizer_for(self, phase: Phase, steps_per_epoch: int) -> tuple[AdamW, OneCycleLR]:
         """AdamW under one cycle; in fine-tuning the backbone learns at lr / divisor."""
         train = self.config.train
-        lr = train.lr or 0.0
+        assert isinstance(train.lr, float), "the learning rate is resolved before training"
+        lr = train.lr
         head = list(self.model.head.parameters())
         if phase.name == "frozen":
             groups = [{"params": head, "lr": lr}]

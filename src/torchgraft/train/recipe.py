@@ -7,6 +7,7 @@ steps and hand the epochs to the `Trainer`. From-scratch networks skip the froze
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from torchgraft.artifact import Preprocessing, Run
+from torchgraft.artifact import Preprocessing, Run, atomic_write_bytes
 from torchgraft.config import RunConfig, TrainConfig, config_from_dict, parse_duration
 from torchgraft.data import DataSplits, DecodedSplit, load_data, split_datasets
 from torchgraft.data.cache import default_cache_dir
@@ -53,8 +54,12 @@ from torchgraft.train.setup import (
 logger = logging.getLogger(__name__)
 
 
-def fit(config: RunConfig) -> Run:
-    """Train a classifier as `config` says and return its run directory."""
+def fit(config: RunConfig, find_lr_only: bool = False) -> Run:
+    """Train a classifier as `config` says and return its run directory.
+
+    With `find_lr_only`, stop after the learning-rate sweep (its plot and suggestion are in
+    the run directory).
+    """
     seed_everything(config.train)
     splits = load_data(config.data.source, config.data.val_fraction, config.train.seed)
     spec = get_spec(config.model.name)
@@ -68,7 +73,8 @@ def fit(config: RunConfig) -> Run:
         run.path = Path(broadcast_text(str(run.path), context))
     frozen = config.train.freeze_epochs if starts_pretrained else 0
     phases = [Phase("frozen", frozen), Phase("finetune", config.train.epochs or 0)]
-    return train_run(run, config, splits, model, [p for p in phases if p.epochs], None)
+    phases = [p for p in phases if p.epochs]
+    return train_run(run, config, splits, model, phases, None, find_lr_only)
 
 
 def resume(path: str | Path, epochs: int | None = None, quiet: bool | None = None) -> Run:
@@ -101,7 +107,9 @@ def resolve_training(train: TrainConfig, starts_pretrained: bool) -> TrainConfig
     """
     epochs = train.epochs if train.epochs is not None else (6 if starts_pretrained else 10)
     lr = train.lr if train.lr is not None else (2e-3 if starts_pretrained else 1e-2)
-    return replace(train, epochs=epochs, lr=lr)
+    # A random network has no pretrained layers to protect: one learning rate for all.
+    divisor = train.backbone_lr_divisor if starts_pretrained else 1.0
+    return replace(train, epochs=epochs, lr=lr, backbone_lr_divisor=divisor)
 
 
 def seed_everything(train: TrainConfig) -> None:
@@ -136,7 +144,7 @@ def sum_finetune(phases: list[Phase]) -> int:
 
 def train_run(
     run: Run, config: RunConfig, splits: DataSplits, model: GraftedClassifier,
-    phases: list[Phase], checkpoint: Checkpoint | None,
+    phases: list[Phase], checkpoint: Checkpoint | None, find_lr_only: bool = False,
 ) -> Run:  # fmt: skip
     """Decode the data, then let the Trainer run the phases (from `checkpoint` if given)."""
     context = join_process_group()
@@ -144,7 +152,7 @@ def train_run(
         config = replace(config, train=replace(config.train, quiet=True))
         logging.getLogger("torchgraft").setLevel(logging.WARNING)
     try:
-        return _train_run(run, config, splits, model, phases, checkpoint, context)
+        return _train_run(run, config, splits, model, phases, checkpoint, context, find_lr_only)
     finally:
         leave_process_group(context)
 
@@ -152,6 +160,7 @@ def train_run(
 def _train_run(
     run: Run, config: RunConfig, splits: DataSplits, model: GraftedClassifier,
     phases: list[Phase], checkpoint: Checkpoint | None, context: Distributed,
+    find_lr_only: bool = False,
 ) -> Run:  # fmt: skip
     device = device_for(context, resolve_device(config.train.device))
     model.to(device)
@@ -169,6 +178,12 @@ def _train_run(
         config.model.name, splits.source, len(decoded["train"].kept), len(decoded["val"].kept),
         len(splits.class_names), preprocessing.image_size, device, run.path,
     )  # fmt: skip
+    if config.train.lr == "auto" or find_lr_only:
+        lr = sweep_learning_rate(run, model, train_images, config, device, write=context.is_main)
+        if find_lr_only:
+            return run
+        config = replace(config, train=replace(config.train, lr=lr))
+        run.info.config["train"]["lr"] = lr
     train_labels = splits.train.labels[decoded["train"].kept]
     options = step_options(config, train_labels, len(splits.class_names), device)
     features = functools.partial(frozen_features, model, config, preprocessing, decoded, device)
@@ -298,3 +313,38 @@ def frozen_features(
             )
         )
     return results[0], results[1]
+
+
+def sweep_learning_rate(
+    run: Run, model: GraftedClassifier, train_images: ImageSet, config: RunConfig,
+    device: torch.device, write: bool,
+) -> float:  # fmt: skip
+    """The lr finder on the fine-tune set-up (discriminative groups), its plot in figures/."""
+    from torchgraft.data import make_loader
+    from torchgraft.train.lr_find import find_lr, save_lr_plot
+
+    divisor = config.train.backbone_lr_divisor
+    groups = [
+        {"params": model.backbone_parameters(), "lr": 1.0 / divisor},
+        {"params": list(model.head.parameters()), "lr": 1.0},
+    ]
+    loader = make_loader(
+        train_images, config.data.batch_size, True, config.data.num_workers, config.train.seed
+    )
+    result = find_lr(
+        model, loader, device, param_groups=groups, weight_decay=config.train.weight_decay,
+        quiet=config.train.quiet,
+    )  # fmt: skip
+    if write:
+        save_lr_plot(result, run.path / "figures" / "lr_find.png")
+        atomic_write_bytes(
+            run.path / "figures" / "lr_find.json", json.dumps(result.to_dict()).encode()
+        )
+        run.info.metrics = {**run.info.metrics, "lr_find_suggestion": result.suggestion}
+        run.save_info()
+    logger.info(
+        "learning-rate finder suggests %.2e (plot: %s)",
+        result.suggestion,
+        run.path / "figures" / "lr_find.png",
+    )
+    return result.suggestion
