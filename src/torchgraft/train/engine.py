@@ -103,8 +103,14 @@ class Trainer:
             callback.on_train_end(self)
 
     def evaluated_model(self) -> nn.Module:
-        """The model whose scores count: the EMA when one is kept."""
-        return self.ema.module if self.ema is not None else self.model
+        """The model whose scores count: the EMA when one is kept, once fine-tuning runs.
+
+        The frozen phase trains the head alone, without an average, so it scores the model.
+        """
+        phase = self.phases[min(self.position[0], len(self.phases) - 1)]
+        if self.ema is not None and phase.name == "finetune":
+            return self.ema.module
+        return self.model
 
     def _run_phase(self, index: int, done: int, checkpoint: Checkpoint | None) -> None:
         phase = self.phases[index]
@@ -185,6 +191,7 @@ class Trainer:
             val = make_loader(val_features, 1024, False, 0)
             return self.model.head, train, val, StepOptions(loss=self.step_options.loss)
         self.model.set_backbone_trainable(True)
+        self.step_options.ema = self.ema  # updated after every fine-tune step
         if self.distributed.world_size > 1:
             return self._parallel_setup()
         train = make_loader(
@@ -277,8 +284,20 @@ class Trainer:
 
 
 def _make_ema(model: GraftedClassifier, decay: float | None) -> Any:
+    """An exponential moving average of weights and buffers, with the decay warmed up.
+
+    A fixed decay from the first step would keep the average near the starting point for
+    ~1/(1-decay) steps (BatchNorm statistics especially), so early epochs would score an
+    untrained network. As in timm and Ultralytics, the decay ramps up: min(decay, (1+n)/(10+n)).
+    """
     if decay is None:
         return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    from torch.optim.swa_utils import AveragedModel
 
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    def average(
+        averaged: torch.Tensor, current: torch.Tensor, count: torch.Tensor | int
+    ) -> torch.Tensor:
+        step_decay = min(decay, (1.0 + float(count)) / (10.0 + float(count)))
+        return averaged * step_decay + current * (1.0 - step_decay)
+
+    return AveragedModel(model, avg_fn=average, use_buffers=True)

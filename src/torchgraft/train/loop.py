@@ -72,7 +72,10 @@ def train_one_epoch(
             with _autocast(device, options.autocast_dtype):
                 logits = model(inputs)
                 loss = options.loss(logits.float(), targets)
-            (loss / options.accumulate).backward()
+            # Each batch's share of the step; the last group of an epoch may be smaller.
+            group_start = index - index % options.accumulate
+            group_size = min(options.accumulate, len(loader) - group_start)
+            (loss / group_size).backward()
             last_batch = index + 1 == len(loader)
             if (index + 1) % options.accumulate == 0 or last_batch:
                 _step(model, optimizer, scheduler, options)

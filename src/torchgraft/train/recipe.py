@@ -151,9 +151,11 @@ def train_run(
     if not context.is_main:  # one progress bar and one log, from rank 0
         config = replace(config, train=replace(config.train, quiet=True))
         logging.getLogger("torchgraft").setLevel(logging.WARNING)
+    deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         return _train_run(run, config, splits, model, phases, checkpoint, context, find_lr_only)
     finally:
+        torch.use_deterministic_algorithms(deterministic)  # leave the process as it was
         leave_process_group(context)
 
 
