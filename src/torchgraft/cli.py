@@ -129,6 +129,14 @@ def train(
     weight_decay: Annotated[
         float | None, _option("train.weight_decay", "AdamW weight decay.")
     ] = None,
+    layer_decay: Annotated[
+        float | None,
+        _option(
+            "train.layer_decay",
+            "Layer-wise lr decay, e.g. 0.75: each block towards the input learns this much "
+            "slower than the one above (replaces the divisor; default: off).",
+        ),
+    ] = None,
     batch_size: Annotated[int | None, _option("data.batch_size", "Images per step.")] = None,
     image_size: Annotated[
         int | None,

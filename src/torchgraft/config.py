@@ -77,6 +77,7 @@ class TrainConfig:
         default=None, metadata={"minimum": 0.0, "auto": True}
     )
     backbone_lr_divisor: float = _at_least(10.0, 1.0)  # backbone lr = lr / this when fine-tuning
+    layer_decay: float | None = _at_least(None, 0.0, 1.0)  # layer-wise lr decay, e.g. 0.75
     weight_decay: float = _at_least(0.01, 0.0)  # AdamW decoupled weight decay
     seed: int = 0  # seeds the split, the initialisation and the shuffling
     device: str = _choice("auto", DEVICES)  # auto picks cuda, then mps, then cpu

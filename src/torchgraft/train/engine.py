@@ -228,6 +228,8 @@ class Trainer:
         head = list(self.model.head.parameters())
         if phase.name == "frozen":
             groups = [{"params": head, "lr": lr}]
+        elif train.layer_decay is not None:
+            groups = _layer_decay_groups(self.model, lr, train.weight_decay, train.layer_decay)
         else:
             backbone_lr = lr / train.backbone_lr_divisor
             groups = [
@@ -281,6 +283,22 @@ class Trainer:
                 if isinstance(value, (int, float, str, bool)):
                     flat[f"{section}.{key}"] = value
         return flat
+
+
+def _layer_decay_groups(
+    model: GraftedClassifier, lr: float, weight_decay: float, layer_decay: float
+) -> list[dict[str, Any]]:
+    """One group per depth, lr * layer_decay ** (distance from the head) (timm's grouping).
+
+    The head keeps `lr`; each block towards the input learns `layer_decay` times slower.
+    Norms and biases get no weight decay, as timm does.
+    """
+    from timm.optim._param_groups import param_groups_layer_decay
+
+    groups = param_groups_layer_decay(model.net, weight_decay=weight_decay, layer_decay=layer_decay)
+    for group in groups:
+        group["lr"] = lr * group.pop("lr_scale", 1.0)
+    return groups
 
 
 def _make_ema(model: GraftedClassifier, decay: float | None) -> Any:

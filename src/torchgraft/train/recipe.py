@@ -109,7 +109,10 @@ def resolve_training(train: TrainConfig, starts_pretrained: bool) -> TrainConfig
     lr = train.lr if train.lr is not None else (2e-3 if starts_pretrained else 1e-2)
     # A random network has no pretrained layers to protect: one learning rate for all.
     divisor = train.backbone_lr_divisor if starts_pretrained else 1.0
-    return replace(train, epochs=epochs, lr=lr, backbone_lr_divisor=divisor)
+    layer_decay = train.layer_decay if starts_pretrained else None
+    return replace(
+        train, epochs=epochs, lr=lr, backbone_lr_divisor=divisor, layer_decay=layer_decay
+    )
 
 
 def seed_everything(train: TrainConfig) -> None:

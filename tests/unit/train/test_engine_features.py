@@ -279,3 +279,20 @@ def test_extend_plan_appends_the_missing_finetune_epochs() -> None:
     extended = [Phase("finetune", 2), Phase("finetune", 2)]
     assert extend_plan(extended, 7) == [*extended, Phase("finetune", 3)]
     assert extend_plan([Phase("frozen", 1)], 4) == [Phase("frozen", 1), Phase("finetune", 4)]
+
+
+def test_layer_decay_gives_deeper_blocks_smaller_rates(tmp_path: Path) -> None:
+    from torchgraft.testing import make_image_folder
+    from torchgraft.train.checkpoint import load_checkpoint
+
+    data = make_image_folder(tmp_path / "data", per_class=4, size=32)
+    run = api.train(
+        data, model="efficientnet_lite0", freeze_epochs=0, epochs=1, image_size=32,
+        layer_decay=0.8, lr=1e-3, runs_dir=str(tmp_path / "runs"), quiet=True,
+        tensorboard=False, cache_dir=str(tmp_path / "cache"),
+    )  # fmt: skip
+    groups = load_checkpoint(run.path).meta["optimizer_groups"]
+    peaks = [group["max_lr"] for group in groups]
+    assert max(peaks) == pytest.approx(1e-3)  # the head keeps the full rate
+    assert min(peaks) < 1e-3 * 0.8**5  # the stem learns far slower
+    assert len(set(round(p, 12) for p in peaks)) > 5  # one rate per depth
