@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Caches (decoded images, backbone features) go to a fresh folder per test session, also for
+# the CLI subprocesses, which inherit the environment: no test reads another session's cache.
+os.environ["TORCHGRAFT_CACHE"] = tempfile.mkdtemp(prefix="torchgraft-test-cache-")
 
 
 @pytest.fixture(scope="session")
