@@ -95,6 +95,7 @@ class TrainConfig:
     time_limit: str | None = field(default=None, metadata={"duration": True})  # 90s, 10m, 2h
     deterministic: bool = False  # deterministic algorithms: bitwise-repeatable CPU runs
     feature_cache: bool = True  # keep frozen-backbone features on disk, reused across runs
+    feature_views: int = _at_least(1, 1)  # frozen phase: 1 plain + K-1 augmented views
     tensorboard: bool = True  # write TensorBoard event files to the run's tensorboard/
     quiet: bool = False  # no progress bars
 

@@ -183,9 +183,7 @@ class Trainer:
         data, train_config = self.config.data, self.config.train
         if phase.name == "frozen":
             if self.data.features is None:
-                self.data.features = self.feature_source(
-                    self.data.train_plain, self.data.val_images
-                )
+                self.data.features = self.feature_source(self.data)
             train_features, val_features = self.data.features
             train = make_loader(train_features, data.batch_size, True, 0, train_config.seed)
             val = make_loader(val_features, 1024, False, 0)

@@ -6,9 +6,11 @@ steps and hand the epochs to the `Trainer`. From-scratch networks skip the froze
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -287,37 +289,52 @@ def _mix(
 
 def frozen_features(
     model: GraftedClassifier, config: RunConfig, preprocessing: Preprocessing,
-    decoded: dict[str, DecodedSplit], device: torch.device, train_set: ImageSet, val_set: ImageSet,
+    decoded: dict[str, DecodedSplit], device: torch.device, data: TrainingData,
 ) -> tuple[TensorDataset, TensorDataset]:  # fmt: skip
     """Backbone features of train and val images: from the feature cache, or computed once.
 
-    No augmentation: a frozen backbone maps each image to fixed features, so one pass is
-    enough and every head epoch after it costs milliseconds.
+    A frozen backbone maps each image to fixed features, so one pass is enough and every head
+    epoch after it costs milliseconds. With `feature_views` K > 1 the training images pass
+    K times, first plain, then through the augmentation preset (seeded per view), so the
+    head sees varied views while the backbone still runs once per view.
     """
     cache_dir = None
     if config.train.feature_cache:
-        cache_dir = (
-            Path(config.data.cache_dir).expanduser()
-            if config.data.cache_dir
-            else default_cache_dir()
+        configured = config.data.cache_dir
+        cache_dir = Path(configured).expanduser() if configured else default_cache_dir()
+    compute = functools.partial(
+        cached_features, model, cache_dir=cache_dir, batch_size=config.data.batch_size * 2,
+        device=device, quiet=config.train.quiet,
+    )  # fmt: skip
+    base = functools.partial(feature_key, config.model.name, backbone_digest(model), preprocessing)
+    val = compute(data.val_images, base(decoded["val"].key), description="features (val)")
+    views = config.train.feature_views if config.data.augment != "none" else 1
+    train_views = []
+    for view in range(views):
+        images, tag = (data.train_plain, "") if view == 0 else (data.train_images, f"|view{view}")
+        key = base(
+            decoded["train"].key
+            + tag
+            + (f"|{config.data.augment}|{config.train.seed}" if tag else "")
         )
-    weights = backbone_digest(model)
-    results = []
-    for name, images in (("train", train_set), ("val", val_set)):
-        key = feature_key(config.model.name, weights, preprocessing, decoded[name].key)
-        results.append(
-            cached_features(
-                model,
-                images,
-                key,
-                cache_dir,
-                batch_size=config.data.batch_size * 2,
-                device=device,
-                description=f"features ({name})",
-                quiet=config.train.quiet,
+        with seeded(config.train.seed * 7919 + view):
+            train_views.append(
+                compute(images, key, description=f"features (train, view {view + 1})")
             )
-        )
-    return results[0], results[1]
+    features = torch.cat([view.tensors[0] for view in train_views])
+    labels = torch.cat([view.tensors[1] for view in train_views])
+    return TensorDataset(features, labels), val
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block under its own seed, leaving the global random state as it was."""
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(state)
 
 
 def sweep_learning_rate(

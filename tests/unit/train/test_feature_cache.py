@@ -143,6 +143,7 @@ def test_cached_features_equal_freshly_computed_ones(
         "efficientnet_lite0", 3, channels=prep.channels, image_size=prep.image_size,
         mean=prep.mean, std=prep.std, pretrained=True,
     )  # fmt: skip
+    model.to(memory_format=torch.channels_last)  # as training runs it (channels-last default)
     digest = features.backbone_digest(model)
     for split in (splits.train, splits.val):
         decoded = decode_split(split, prep, quiet=True)
@@ -154,3 +155,31 @@ def test_cached_features_equal_freshly_computed_ones(
         assert torch.equal(stored["features"], fresh.tensors[0])
         assert torch.equal(stored["labels"], fresh.tensors[1])
         assert torch.equal(stored["labels"], torch.as_tensor(split.labels[decoded.kept]))
+
+
+def test_augmented_views_are_cached_per_view_and_reused(
+    tmp_path: Path, data: Path, settings: dict[str, Any], backbone_calls: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from torchgraft.train import recipe
+
+    seen: list[int] = []
+    original = recipe.frozen_features
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        train, val = original(*args, **kwargs)
+        seen.append(len(train))
+        return train, val
+
+    monkeypatch.setattr(recipe, "frozen_features", recording)
+    views = dict(settings, augment="light", feature_views=3)
+    api.train(data, **views)
+    assert len(cache_entries(tmp_path)) == 4  # val, plain train, two augmented train views
+    assert len(backbone_calls) == 4
+    train_images = 24 - 6  # 3 classes x 8 images, a quarter held out for validation
+    assert seen == [3 * train_images]
+
+    backbone_calls.clear()
+    api.train(data, **views)
+    assert backbone_calls == []  # every view came from the cache
+    assert len(cache_entries(tmp_path)) == 4
