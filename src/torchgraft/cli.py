@@ -259,6 +259,13 @@ def train(
         bool | None,
         _flag("train.feature_cache", "Keep frozen-backbone features on disk for later runs."),
     ] = None,
+    feature_views: Annotated[
+        int | None,
+        _option(
+            "train.feature_views",
+            "Frozen phase: features of K views per training image (1 plain + K-1 augmented).",
+        ),
+    ] = None,
     tensorboard: Annotated[
         bool | None, _flag("train.tensorboard", "Write TensorBoard logs to the run's tensorboard/.")
     ] = None,
