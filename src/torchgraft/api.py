@@ -1,8 +1,8 @@
 """The public verbs. Each takes plain arguments and returns plain objects or a Run.
 
-import torchgraft as tg
-run = tg.train("mnist5k", model="efficientnet_lite0", epochs=2)
-predictions = tg.predict(run, ["digit.png"], top_k=3)
+from torchgraft import api
+run = api.train("mnist5k", model="efficientnet_lite0", epochs=2)
+predictions = api.predict(run, ["digit.png"], top_k=3)
 """
 
 from __future__ import annotations
@@ -36,9 +36,7 @@ def train(
     """
     from torchgraft.train import fit
 
-    if data is not None:
-        settings["data"] = str(data)
-    return fit(train_config(config, **settings))
+    return fit(_config_with_data(data, config, settings))
 
 
 def lr_find(
@@ -48,9 +46,15 @@ def lr_find(
     suggestion (`run.info.metrics["lr_find_suggestion"]`). Settings as for `train`."""
     from torchgraft.train import fit
 
+    return fit(_config_with_data(data, config, settings), find_lr_only=True)
+
+
+def _config_with_data(
+    data: str | Path | None, config: str | Path | None, settings: dict[str, Any]
+) -> RunConfig:
     if data is not None:
-        settings["data"] = str(data)
-    return fit(train_config(config, **settings), find_lr_only=True)
+        settings = {**settings, "data": str(data)}
+    return train_config(config, **settings)
 
 
 def resume(run: Run | str | Path, epochs: int | None = None, quiet: bool | None = None) -> Run:
