@@ -50,7 +50,7 @@ def main() -> None:
     print(f"Validation accuracy of the saved run: {accuracy:.2%} ({len(val.labels)} images)\n")
     print("Predictions on validation images (true label -> top 3):")
     for path, prediction, label in zip(
-        samples, predictor.predict(samples), val.labels, strict=False
+        samples, predictor.predict(samples), val.labels[chosen], strict=True
     ):
         top = ", ".join(f"{s.display_name} {s.probability:.1%}" for s in prediction.top_k)
         print(f"  {path.name}: true {label} -> {top}")
