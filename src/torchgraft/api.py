@@ -18,6 +18,7 @@ from torchgraft.serve.predictor import ImageInput, Prediction, Predictor
 
 if TYPE_CHECKING:
     from torchgraft.data.audit import AuditReport
+    from torchgraft.evaluate import Evaluation
 
 
 def train_config(config: str | Path | None = None, **settings: Any) -> RunConfig:
@@ -66,6 +67,16 @@ def resume(run: Run | str | Path, epochs: int | None = None, quiet: bool | None 
     from torchgraft.train import resume as resume_run
 
     return resume_run(load_run(run).path, epochs=epochs, quiet=quiet)
+
+
+def evaluate(
+    run: Run | str | Path, data: str | Path | None = None, quiet: bool = False
+) -> Evaluation:
+    """Score a run on its validation split (fitting its calibration temperature), or on
+    `data`, a test folder or label file; writes metrics.json and the confusion matrix."""
+    from torchgraft.evaluate import evaluate_run
+
+    return evaluate_run(load_run(run), str(data) if data is not None else None, quiet=quiet)
 
 
 def load_run(run: Run | str | Path) -> Run:

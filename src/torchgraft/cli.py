@@ -311,6 +311,43 @@ def train(
     )
 
 
+@app.command()
+def evaluate(
+    data: Annotated[
+        str | None,
+        typer.Argument(
+            help="A test folder (or label file) to score; default: the run's validation split, "
+            "where the calibration temperature is also fitted.",
+            show_default=False,
+        ),
+    ] = None,
+    run: Annotated[
+        Path, typer.Option(help="Run directory made by `graft train` (runs/NAME).")
+    ] = Path(),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Accuracy, top-k, per-class precision/recall/F1, confusion, calibration (metrics.json)."""
+    from torchgraft import api
+
+    result = _guard(lambda: api.evaluate(run, data, quiet=quiet), quiet)
+    metrics = result.metrics
+    typer.echo(f"{result.images} images ({result.source})")
+    top_k = ", ".join(f"top-{k} {v:.2%}" for k, v in metrics.top_k_accuracy.items())
+    typer.echo(f"accuracy {metrics.accuracy:.2%} | {top_k}")
+    width = max(len(name) for name in [*(c.name for c in metrics.per_class), "weighted"]) + 2
+    typer.echo(f"{'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}")
+    rows = [(c.name, c.precision, c.recall, c.f1, c.support) for c in metrics.per_class]
+    total = sum(c.support for c in metrics.per_class)
+    for label, averages in (("macro", metrics.macro), ("weighted", metrics.weighted)):
+        rows.append((label, averages["precision"], averages["recall"], averages["f1"], total))
+    for name, precision, recall, f1, support in rows:
+        typer.echo(f"{name:<{width}}{precision:>10.3f}{recall:>10.3f}{f1:>10.3f}{support:>9}")
+    for true, predicted, count in metrics.most_confused[:5]:
+        typer.echo(f"confused: {true} -> {predicted} ({count})")
+    ece = f"ECE {result.ece_before:.4f} -> {result.ece_after:.4f}"
+    typer.echo(f"calibration: {ece} at temperature {result.temperature:.3f}")
+
+
 @app.command("lr-find")
 def lr_find(
     data: Annotated[

@@ -129,3 +129,16 @@ def test_lr_find_writes_its_plot_and_lr_auto_trains_at_the_suggestion(tmp_path: 
     info = json.loads((tmp_path / "runs" / "auto" / "graft.json").read_text())
     assert info["config"]["train"]["lr"] == info["metrics"]["lr_find_suggestion"]
     assert (tmp_path / "runs" / "auto" / "figures" / "lr_find.png").is_file()
+
+
+def test_evaluate_writes_metrics_and_calibrates_predictions(tiny_run: Path) -> None:
+    result = graft("evaluate", "--run", str(tiny_run), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "precision" in result.stdout and "calibration: ECE" in result.stdout
+    report = json.loads((tiny_run / "metrics.json").read_text())
+    info = json.loads((tiny_run / "graft.json").read_text())
+    assert report["temperature"] == info["temperature"] > 0
+    assert (
+        report["metrics"]["confusion"] and (tiny_run / "figures" / "confusion_matrix.png").is_file()
+    )
+    assert sum(sum(row) for row in report["metrics"]["confusion"]) == report["images"]

@@ -1,6 +1,6 @@
 """Models: the backbone registry, bundled weights, from-scratch nets, the grafted classifier."""
 
-from torchgraft.models.classifier import GraftedClassifier, create_classifier
+from torchgraft.models.classifier import GraftedClassifier, create_classifier, load_model
 from torchgraft.models.registry import BackboneSpec, get_spec, register, registered_names
 from torchgraft.models.weights import read_weights_file
 
@@ -9,6 +9,7 @@ __all__ = [
     "GraftedClassifier",
     "create_classifier",
     "get_spec",
+    "load_model",
     "read_weights_file",
     "register",
     "registered_names",

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchgraft.artifact import Run
 from torchgraft.models.registry import BackboneSpec, get_spec
 from torchgraft.models.scratch import MLP, SmallCNN
 from torchgraft.models.weights import load_backbone_weights, pretrained_weights
@@ -98,3 +99,19 @@ def _create_net(spec: BackboneSpec, num_classes: int, channels: int, image_size:
         spec.name, pretrained=False, num_classes=num_classes, in_chans=channels
     )
     return net
+
+
+def load_model(run: Run) -> GraftedClassifier:
+    """The run's network with its trained weights (no pretrained download, no training code)."""
+    info, prep = run.info, run.info.preprocessing
+    model = create_classifier(
+        info.model_name,
+        info.num_classes,
+        channels=prep.channels,
+        image_size=prep.image_size,
+        mean=prep.mean,
+        std=prep.std,
+        pretrained=False,
+    )
+    model.load_state_dict(run.load_weights())
+    return model

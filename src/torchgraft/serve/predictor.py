@@ -18,7 +18,7 @@ from torchgraft.artifact import Run
 from torchgraft.data import array_to_tensor, eval_transform, load_image, pil_to_tensor
 from torchgraft.data.decode import match_channels
 from torchgraft.errors import UserError
-from torchgraft.models import GraftedClassifier, create_classifier
+from torchgraft.models import load_model
 
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 
@@ -100,22 +100,6 @@ class Predictor:
             ClassScore(self.info.class_names[i], self.display_names[i], float(probabilities[i]))
             for i in order
         ]
-
-
-def load_model(run: Run) -> GraftedClassifier:
-    """The run's network with its trained weights (no pretrained download, no training code)."""
-    info, prep = run.info, run.info.preprocessing
-    model = create_classifier(
-        info.model_name,
-        info.num_classes,
-        channels=prep.channels,
-        image_size=prep.image_size,
-        mean=prep.mean,
-        std=prep.std,
-        pretrained=False,
-    )
-    model.load_state_dict(run.load_weights())
-    return model
 
 
 def as_image_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:

@@ -1,0 +1,34 @@
+"""Temperature scaling repairs an overconfident model's probabilities, not its answers."""
+
+import torch
+
+from torchgraft.evaluate import expected_calibration_error, fit_temperature
+
+
+def overconfident_logits() -> tuple[torch.Tensor, torch.Tensor]:
+    """A 70%-accurate classifier whose logits are scaled up 5x: it claims near-certainty."""
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 5, (2000,), generator=generator)
+    logits = torch.randn(2000, 5, generator=generator)
+    logits[torch.arange(2000), labels] += 1.5
+    return logits * 5.0, labels
+
+
+def test_ece_drops_after_temperature_scaling() -> None:
+    logits, labels = overconfident_logits()
+    before = expected_calibration_error(logits.softmax(1), labels)
+    temperature = fit_temperature(logits, labels)
+    after = expected_calibration_error((logits / temperature).softmax(1), labels)
+    assert temperature > 2.0  # it found the inflation
+    assert before > 0.15 and after < before / 3
+
+
+def test_temperature_never_changes_the_predicted_class() -> None:
+    logits, labels = overconfident_logits()
+    temperature = fit_temperature(logits, labels)
+    assert torch.equal((logits / temperature).argmax(1), logits.argmax(1))
+
+
+def test_ece_of_a_perfectly_calibrated_toy_is_zero() -> None:
+    probabilities = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert expected_calibration_error(probabilities, torch.tensor([0, 1])) == 0.0
