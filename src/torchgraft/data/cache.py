@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from torchgraft.artifact import Preprocessing, atomic_write_bytes
 from torchgraft.config import CACHE_MODES
 from torchgraft.data.decode import UnreadableImage, array_to_tensor, decode_file
+from torchgraft.data.hashing import content_digest
 from torchgraft.data.sources import LabeledImages
 from torchgraft.data.transforms import eval_transform
 
@@ -58,6 +59,11 @@ class DecodedSplit:
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("TORCHGRAFT_CACHE", Path.home() / ".cache" / "torchgraft"))
+
+
+def cache_root(configured: str | None) -> Path:
+    """The cache folder a config names (`data.cache_dir`), else the default one."""
+    return Path(configured).expanduser() if configured else default_cache_dir()
 
 
 def decode_split(
@@ -99,16 +105,15 @@ def cache_key(images: LabeledImages, preprocessing: Preprocessing) -> str:
         digest.update(np.ascontiguousarray(images.images).tobytes())
     else:
         for path in images.images:
-            digest.update(_file_digest(path))
+            digest.update(_file_digest(path).encode())
     return digest.hexdigest()[:24]
 
 
-def _file_digest(path: Path) -> bytes:
+def _file_digest(path: Path) -> str:
     try:
-        with path.open("rb") as file:
-            return hashlib.file_digest(file, "sha256").digest()
+        return content_digest(path)
     except OSError:
-        return f"unreadable:{path}".encode()  # decoding will report it
+        return f"unreadable:{path}"  # decoding will report it
 
 
 class _DecodeJob(Dataset[list[tuple[int, np.ndarray | None, str]]]):

@@ -22,7 +22,7 @@ from torch.utils.data import TensorDataset
 from torchgraft.artifact import Preprocessing, Run, atomic_write_bytes
 from torchgraft.config import RunConfig, TrainConfig, config_from_dict, parse_duration
 from torchgraft.data import DataSplits, DecodedSplit, load_data, split_datasets
-from torchgraft.data.cache import default_cache_dir
+from torchgraft.data.cache import cache_root
 from torchgraft.models import GraftedClassifier, create_classifier, get_spec
 from torchgraft.train.callbacks import (
     BestWeights,
@@ -298,10 +298,7 @@ def frozen_features(
     K times, first plain, then through the augmentation preset (seeded per view), so the
     head sees varied views while the backbone still runs once per view.
     """
-    cache_dir = None
-    if config.train.feature_cache:
-        configured = config.data.cache_dir
-        cache_dir = Path(configured).expanduser() if configured else default_cache_dir()
+    cache_dir = cache_root(config.data.cache_dir) if config.train.feature_cache else None
     compute = functools.partial(
         cached_features, model, cache_dir=cache_dir, batch_size=config.data.batch_size * 2,
         device=device, quiet=config.train.quiet,

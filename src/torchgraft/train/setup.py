@@ -14,6 +14,7 @@ import torch
 from torchgraft.artifact import Preprocessing, Run, RunInfo, atomic_write_bytes, library_versions
 from torchgraft.config import DataConfig, RunConfig, to_dict
 from torchgraft.data import DataSplits, DecodedSplit, decode_split, load_display_names
+from torchgraft.data.cache import cache_root
 from torchgraft.errors import UserError
 from torchgraft.models.registry import BackboneSpec
 
@@ -97,7 +98,7 @@ def decode_splits(
     splits: DataSplits, preprocessing: Preprocessing, data: DataConfig, quiet: bool
 ) -> dict[str, DecodedSplit]:
     """One decoding pass per split: fills the decoded-image cache and finds unreadable files."""
-    cache_dir = Path(data.cache_dir).expanduser() if data.cache_dir else None
+    cache_dir = cache_root(data.cache_dir)
     decoded = {}
     for name, split in (("train", splits.train), ("val", splits.val)):
         decoded[name] = decode_split(
