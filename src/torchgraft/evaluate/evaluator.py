@@ -25,6 +25,7 @@ from torchgraft.errors import UserError
 from torchgraft.evaluate.calibration import expected_calibration_error, fit_temperature
 from torchgraft.evaluate.metrics import Metrics, classification_metrics
 from torchgraft.models import load_model
+from torchgraft.train.setup import load_run_splits
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +75,7 @@ def evaluation_images(run: Run, data: str | None) -> tuple[LabeledImages, str]:
     """The images to score, labelled with the run's class indices."""
     config = config_from_dict(run.info.config)
     if data is None:
-        splits = load_data(config.data.source, config.data.val_fraction, config.train.seed)
-        return splits.val, "validation split"
+        return load_run_splits(config).val, "validation split"
     splits = load_data(data, val_fraction=0.0)
     # Its test/ split if it has one, else its val/ split, else every image (no split asked).
     chosen = (

@@ -21,7 +21,7 @@ from torch.utils.data import TensorDataset
 
 from torchgraft.artifact import Preprocessing, Run, atomic_write_bytes
 from torchgraft.config import RunConfig, TrainConfig, config_from_dict, parse_duration
-from torchgraft.data import DataSplits, DecodedSplit, load_data, split_datasets
+from torchgraft.data import DataSplits, DecodedSplit, split_datasets
 from torchgraft.data.cache import cache_root
 from torchgraft.models import GraftedClassifier, create_classifier, get_spec
 from torchgraft.train.callbacks import (
@@ -48,6 +48,7 @@ from torchgraft.train.loop import StepOptions
 from torchgraft.train.setup import (
     create_run,
     decode_splits,
+    load_run_splits,
     record_skipped,
     resolve_device,
     resolve_preprocessing,
@@ -63,7 +64,7 @@ def fit(config: RunConfig, find_lr_only: bool = False) -> Run:
     the run directory).
     """
     seed_everything(config.train)
-    splits = load_data(config.data.source, config.data.val_fraction, config.train.seed)
+    splits = load_run_splits(config)
     spec = get_spec(config.model.name)
     starts_pretrained = spec.pretrainable and config.model.pretrained
     config = replace(config, train=resolve_training(config.train, starts_pretrained))
@@ -87,7 +88,7 @@ def resume(path: str | Path, epochs: int | None = None, quiet: bool | None = Non
         config = replace(config, train=replace(config.train, quiet=quiet))
     checkpoint = load_checkpoint(run.path)
     seed_everything(config.train)
-    splits = load_data(config.data.source, config.data.val_fraction, config.train.seed)
+    splits = load_run_splits(config)
     if splits.fingerprint() != run.info.data_fingerprint:
         logger.warning(
             "the data changed since %s was trained; resuming on the data as it is now", run.path
