@@ -309,12 +309,10 @@ def frozen_features(
     views = config.train.feature_views if config.data.augment != "none" else 1
     train_views = []
     for view in range(views):
-        images, tag = (data.train_plain, "") if view == 0 else (data.train_images, f"|view{view}")
-        key = base(
-            decoded["train"].key
-            + tag
-            + (f"|{config.data.augment}|{config.train.seed}" if tag else "")
-        )
+        images = data.train_plain if view == 0 else data.train_images
+        # An augmented view also depends on the preset and the seed that drew it.
+        tag = "" if view == 0 else f"|view{view}|{config.data.augment}|{config.train.seed}"
+        key = base(decoded["train"].key + tag)
         with seeded(config.train.seed * 7919 + view):
             train_views.append(
                 compute(images, key, description=f"features (train, view {view + 1})")
