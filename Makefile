@@ -35,8 +35,13 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy src
 
+# The browser tests drive Debian's Chromium; playwright must never download its own browser.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -qq && apt-get install -y -qq chromium
+
 # pytest exits 5 when it collects nothing; that is a broken suite here, not a pass.
-test: lint typecheck
+test: lint typecheck $(CHROMIUM)
 	@$(BIN)/python -m pytest tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; fi; \
 	exit $$rc

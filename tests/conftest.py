@@ -35,3 +35,43 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         quiet=True,
     )
     return run.path
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Debian's Chromium in a container: no sandbox, no GPU, and nothing that reaches the network.
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():  # type: ignore[no-untyped-def]
+    """Headless Chromium driven by playwright; the browser is Debian's, never a download."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `apt-get update && apt-get install -y chromium`")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser):  # type: ignore[no-untyped-def]
+    """A fresh page that records console errors and page errors in `page.errors`."""
+    context = browser.new_context()
+    new_page = context.new_page()
+    errors: list[str] = []
+    new_page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    new_page.on("pageerror", lambda error: errors.append(str(error)))
+    new_page.errors = errors
+    yield new_page
+    context.close()
