@@ -7,6 +7,7 @@ predictions = api.predict(run, ["digit.png"], top_k=3)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from torchgraft.serve.predictor import ImageInput, Prediction, Predictor
 if TYPE_CHECKING:
     from torchgraft.data.audit import AuditReport
     from torchgraft.evaluate import Evaluation
+    from torchgraft.explain import Explanations
 
 
 def train_config(config: str | Path | None = None, **settings: Any) -> RunConfig:
@@ -37,7 +39,8 @@ def train(
     """
     from torchgraft.train import fit
 
-    return fit(_config_with_data(data, config, settings))
+    run_config = _config_with_data(data, config, settings)
+    return _with_report(fit(run_config), run_config.train.report, run_config.train.quiet)
 
 
 def lr_find(
@@ -66,17 +69,46 @@ def resume(run: Run | str | Path, epochs: int | None = None, quiet: bool | None 
     """
     from torchgraft.train import resume as resume_run
 
-    return resume_run(load_run(run).path, epochs=epochs, quiet=quiet)
+    resumed = resume_run(load_run(run).path, epochs=epochs, quiet=quiet)
+    settings = resumed.info.config.get("train", {})
+    quiet_now = quiet if quiet is not None else bool(settings.get("quiet", False))
+    return _with_report(resumed, bool(settings.get("report", True)), quiet_now)
+
+
+def _with_report(run: Run, report: bool, quiet: bool) -> Run:
+    """Training ends with an evaluation: calibration, figures, report.html (rank 0 only)."""
+    if report and int(os.environ.get("RANK", "0")) == 0:
+        evaluate(run, quiet=quiet)
+    return run
 
 
 def evaluate(
-    run: Run | str | Path, data: str | Path | None = None, quiet: bool = False
+    run: Run | str | Path,
+    data: str | Path | None = None,
+    quiet: bool = False,
+    tta: bool = False,
 ) -> Evaluation:
     """Score a run on its validation split (fitting its calibration temperature), or on
-    `data`, a test folder or label file; writes metrics.json and the confusion matrix."""
+    `data`, a test folder or label file; writes metrics.json, figures/ and report.html.
+    `tta` averages predictions over crops (and flips, when the run trained with flips)."""
     from torchgraft.evaluate import evaluate_run
 
-    return evaluate_run(load_run(run), str(data) if data is not None else None, quiet=quiet)
+    source = str(data) if data is not None else None
+    return evaluate_run(load_run(run), source, quiet=quiet, tta=tta)
+
+
+def explain(
+    run: Run | str | Path,
+    images: Iterable[str | Path],
+    *,
+    class_name: str | None = None,
+    output_dir: str | Path | None = None,
+) -> Explanations:
+    """Grad-CAM heatmaps for image files, for the predicted class or `class_name`, saved as
+    PNGs (image and overlay side by side) in RUN/figures/gradcam or `output_dir`."""
+    from torchgraft.explain import explain_images
+
+    return explain_images(load_run(run), list(images), class_name, output_dir)
 
 
 def load_run(run: Run | str | Path) -> Run:

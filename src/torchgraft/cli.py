@@ -269,6 +269,10 @@ def train(
     tensorboard: Annotated[
         bool | None, _flag("train.tensorboard", "Write TensorBoard logs to the run's tensorboard/.")
     ] = None,
+    report: Annotated[
+        bool | None,
+        _flag("train.report", "At the end, evaluate and calibrate; write report.html."),
+    ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(
@@ -324,14 +328,27 @@ def evaluate(
     run: Annotated[
         Path, typer.Option(help="Run directory made by `graft train` (runs/NAME).")
     ] = Path(),
+    tta: Annotated[
+        bool,
+        typer.Option(
+            "--tta",
+            help="Test-time augmentation: average over crops (and flips, if trained with them).",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Accuracy, top-k, per-class precision/recall/F1, confusion, calibration (metrics.json)."""
+    """Accuracy, top-k, per-class precision/recall/F1, confusion, calibration, top losses;
+    writes metrics.json, figures/ and report.html."""
     from torchgraft import api
 
-    result = _guard(lambda: api.evaluate(run, data, quiet=quiet), quiet)
+    result = _guard(lambda: api.evaluate(run, data, quiet=quiet, tta=tta), quiet)
     metrics = result.metrics
     typer.echo(f"{result.images} images ({result.source})")
+    if result.tta_views:
+        typer.echo(
+            f"test-time augmentation over {len(result.tta_views)} views: accuracy "
+            f"{metrics.accuracy:.2%} (plain image alone: {result.plain_accuracy:.2%})"
+        )
     top_k = ", ".join(f"top-{k} {v:.2%}" for k, v in metrics.top_k_accuracy.items())
     typer.echo(f"accuracy {metrics.accuracy:.2%} | {top_k}")
     width = max(len(name) for name in [*(c.name for c in metrics.per_class), "weighted"]) + 2
@@ -346,6 +363,41 @@ def evaluate(
         typer.echo(f"confused: {true} -> {predicted} ({count})")
     ece = f"ECE {result.ece_before:.4f} -> {result.ece_after:.4f}"
     typer.echo(f"calibration: {ece} at temperature {result.temperature:.3f}")
+    for loss in result.top_losses[:3]:
+        typer.echo(
+            f"top loss: {loss.source}: {loss.true_class} taken for {loss.predicted_class} "
+            f"({loss.probability:.0%})"
+        )
+    typer.echo(f"report: {Path(run) / 'report.html'}")
+
+
+@app.command()
+def explain(
+    images: Annotated[list[Path], typer.Argument(help="Image files to explain.")],
+    run: Annotated[
+        Path, typer.Option(help="Run directory made by `graft train` (runs/NAME).")
+    ] = Path(),
+    class_name: Annotated[
+        str | None,
+        typer.Option("--class", help="Explain this class instead of the predicted one."),
+    ] = None,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Where to save the PNGs (default: RUN/figures/gradcam).")
+    ] = None,
+) -> None:
+    """Grad-CAM: where in each image the network found its evidence (PNG overlays)."""
+    from torchgraft import api
+
+    result = _guard(lambda: api.explain(run, images, class_name=class_name, output_dir=output_dir))
+    for item in result.explained:
+        typer.echo(
+            f"{item.source}: {item.class_name} ({item.probability:.1%}, predicted "
+            f"{item.predicted}) -> {item.heatmap_path}"
+        )
+    for source, reason in result.skipped:
+        typer.echo(f"skipped {source}: {reason}", err=True)
+    if not result.explained:
+        raise typer.Exit(2)
 
 
 @app.command("lr-find")

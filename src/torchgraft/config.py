@@ -97,6 +97,7 @@ class TrainConfig:
     feature_cache: bool = True  # keep frozen-backbone features on disk, reused across runs
     feature_views: int = _at_least(1, 1)  # frozen phase: 1 plain + K-1 augmented views
     tensorboard: bool = True  # write TensorBoard event files to the run's tensorboard/
+    report: bool = True  # at the end: evaluate, calibrate, write report.html and figures/
     quiet: bool = False  # no progress bars
 
 

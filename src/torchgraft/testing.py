@@ -156,3 +156,34 @@ _WRITERS = {
 def _write_bytes(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+PATCH_CLASSES = ("red_patch", "blue_patch")
+
+
+def patch_image(
+    label: int, size: int = 32, patch: int = 8, seed: int = 0
+) -> tuple[np.ndarray, int, int]:
+    """Grey noise with one coloured square at a random place; only its colour gives the class.
+
+    Returns the (size, size, 3) uint8 image and the square's top-left corner (row, column),
+    so a test can check that an explanation points at the square.
+    """
+    rng = np.random.default_rng(seed)
+    image = rng.normal(128, 30, (size, size, 3)).clip(0, 255)
+    row, column = (int(v) for v in rng.integers(0, size - patch + 1, 2))
+    image[row : row + patch, column : column + patch] = _COLOURS[0 if label == 0 else 2]
+    return image.astype(np.uint8), row, column
+
+
+def make_patch_folder(
+    root: str | Path, per_class: int = 48, size: int = 32, patch: int = 8
+) -> Path:
+    """A class folder of `patch_image`s: red_patch/ and blue_patch/."""
+    root = Path(root)
+    for label, name in enumerate(PATCH_CLASSES):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            image, _, _ = patch_image(label, size, patch, seed=label * 10_000 + index)
+            Image.fromarray(image).save(root / name / f"{index:03d}.png")
+    return root

@@ -1,18 +1,16 @@
 """`graft evaluate`: score a run on its validation split (or a test folder) and calibrate it.
 
 On the validation split a temperature is fitted to the logits and stored in graft.json, where
-prediction applies it; the report gives the expected calibration error before and after.
-Results go to the run's metrics.json and figures/confusion_matrix.png.
+prediction, export and serving apply it; the report gives the expected calibration error
+before and after. Results go to metrics.json, figures/ and the self-contained report.html.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,13 +21,27 @@ from torchgraft.config import config_from_dict
 from torchgraft.data import LabeledImages, decode_split, load_data, make_loader, split_datasets
 from torchgraft.errors import UserError
 from torchgraft.evaluate.calibration import expected_calibration_error, fit_temperature
+from torchgraft.evaluate.figures import reliability_bins
 from torchgraft.evaluate.metrics import Metrics, classification_metrics
+from torchgraft.evaluate.tta import apply_view, tta_views
 from torchgraft.models import load_model
 from torchgraft.train.setup import load_run_splits
 
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
+TOP_LOSSES = 12
+
+
+@dataclass
+class TopLoss:
+    index: int  # position among the evaluated images
+    source: str  # the file (or "validation image N" for bundled arrays)
+    true_class: str
+    predicted_class: str
+    probability: float  # calibrated probability of the predicted class
+    true_probability: float  # ... of the true class
+    loss: float  # cross-entropy of this image: -log(true_probability)
 
 
 @dataclass
@@ -40,6 +52,10 @@ class Evaluation:
     temperature: float  # the run's temperature after this evaluation
     ece_before: float  # expected calibration error at temperature 1
     ece_after: float  # ... at the fitted (or stored) temperature
+    tta_views: list[str] = field(default_factory=list)  # empty: no test-time augmentation
+    plain_accuracy: float = 0.0  # accuracy of the plain view alone (equals accuracy w/o TTA)
+    top_losses: list[TopLoss] = field(default_factory=list)  # the worst mistakes, worst first
+    reliability: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # bins
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -47,27 +63,49 @@ class Evaluation:
         return data
 
 
-def evaluate_run(run: Run, data: str | None = None, quiet: bool = False) -> Evaluation:
-    """Metrics of `run` on its validation split, or on `data` (a test folder or label file)."""
+@dataclass
+class Scored:
+    """Logits of every readable image under each view, with what the figures need."""
+
+    view_logits: torch.Tensor  # (views, N, num_classes); view 0 is the plain image
+    labels: torch.Tensor  # (N,)
+    sources: list[str]  # per image: the file, or a description for bundled arrays
+    dataset: Any  # yields (uint8 image at the training size, label), for the gallery
+
+
+def evaluate_run(
+    run: Run, data: str | None = None, quiet: bool = False, tta: bool = False
+) -> Evaluation:
+    """Metrics of `run` on its validation split, or on `data` (a test folder or label file).
+
+    With `tta`, predictions are averaged over flips and crops (see evaluate.tta); the
+    temperature is still fitted on the plain view, which is what prediction uses.
+    """
+    from torchgraft.evaluate.report import write_outputs
+
     images, source = evaluation_images(run, data)
-    logits, labels = run_logits(run, images, quiet)
-    probabilities = logits.softmax(1)
+    views = tta_views(run.info.config.get("data", {}).get("augment", "none")) if tta else []
+    scored = score_images(run, images, views or ["plain"], quiet)
+    plain, labels = scored.view_logits[0], scored.labels
     temperature = run.info.temperature
     if data is None:  # calibrate only on the validation split, never on a test set
-        temperature = fit_temperature(logits, labels)
+        temperature = fit_temperature(plain, labels)
         run.info.temperature = temperature
+    probabilities = (scored.view_logits / temperature).softmax(2).mean(0)
     metrics = classification_metrics(probabilities, labels, run.info.display_names)
     evaluation = Evaluation(
         source, len(labels), metrics, temperature,
-        expected_calibration_error(probabilities, labels),
-        expected_calibration_error((logits / temperature).softmax(1), labels),
+        expected_calibration_error(plain.softmax(1), labels),
+        expected_calibration_error((plain / temperature).softmax(1), labels),
+        views, accuracy(plain, labels),
+        top_losses(probabilities, labels, scored.sources, run.info.display_names),
+        {"before": reliability_bins(plain.softmax(1), labels),
+         "after": reliability_bins(probabilities, labels)},
     )  # fmt: skip
     run.info.metrics = {**run.info.metrics, "evaluated_accuracy": metrics.accuracy}
     run.save_info()
+    write_outputs(run, evaluation, scored, quiet)
     atomic_write_bytes(run.path / METRICS_FILE, json.dumps(evaluation.to_dict(), indent=2).encode())
-    save_confusion_matrix(
-        metrics, run.info.display_names, run.path / "figures" / "confusion_matrix.png"
-    )
     return evaluation
 
 
@@ -89,39 +127,50 @@ def evaluation_images(run: Run, data: str | None) -> tuple[LabeledImages, str]:
 
 
 @torch.no_grad()
-def run_logits(run: Run, images: LabeledImages, quiet: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits of every readable image (decoded once, as in training) and their labels."""
+def score_images(run: Run, images: LabeledImages, views: list[str], quiet: bool) -> Scored:
+    """Logits of every readable image (decoded once, as in training) under each view."""
     prep = run.info.preprocessing
     decoded = decode_split(images, prep, description="decoding", quiet=quiet)
     dataset, _ = split_datasets(images, decoded, prep, "none")
     model = load_model(run).eval()
-    logits, labels = [], []
+    logits: list[list[torch.Tensor]] = [[] for _ in views]
+    labels = []
     for batch, batch_labels in make_loader(dataset, 128, False, 0):
-        logits.append(model(batch).float())
+        for per_view, view in zip(logits, views, strict=True):
+            per_view.append(model(apply_view(batch, view)).float())
         labels.append(torch.as_tensor(batch_labels))
-    return torch.cat(logits), torch.cat(labels)
+    view_logits = torch.stack([torch.cat(per_view) for per_view in logits])
+    sources = [describe_source(images, int(index)) for index in decoded.kept]
+    return Scored(view_logits, torch.cat(labels), sources, dataset)
 
 
-def save_confusion_matrix(metrics: Metrics, names: list[str], path: Path) -> None:
-    """The confusion matrix as a PNG (counts in the cells), written atomically."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def describe_source(images: LabeledImages, index: int) -> str:
+    if isinstance(images.images, np.ndarray):
+        return f"image {index} (bundled array)"
+    return str(images.images[index])
 
-    matrix = np.array(metrics.confusion)
-    size = max(4.0, 0.5 * len(names) + 2)
-    figure = Figure(figsize=(size, size), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    axes.imshow(matrix, cmap="Blues")
-    axes.set(xticks=range(len(names)), yticks=range(len(names)), xlabel="predicted", ylabel="true",
-             title=f"Confusion matrix (accuracy {metrics.accuracy:.1%})")  # fmt: skip
-    axes.set_xticklabels(names, rotation=45, ha="right")
-    axes.set_yticklabels(names)
-    if len(names) <= 30:
-        for (row, column), count in np.ndenumerate(matrix):
-            colour = "white" if count > matrix.max() / 2 else "black"
-            axes.text(column, row, str(count), ha="center", va="center", color=colour, fontsize=8)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    atomic_write_bytes(path, buffer.getvalue())
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(1) == labels).float().mean())
+
+
+def top_losses(
+    probabilities: torch.Tensor, labels: torch.Tensor, sources: list[str], names: list[str]
+) -> list[TopLoss]:
+    """The images the model got most wrong: highest cross-entropy first (mistakes only)."""
+    true_probability = probabilities.gather(1, labels[:, None])[:, 0]
+    losses = -true_probability.clamp_min(1e-12).log()
+    predicted = probabilities.argmax(1)
+    worst = [int(i) for i in losses.argsort(descending=True) if predicted[i] != labels[i]]
+    return [
+        TopLoss(
+            i,
+            sources[i],
+            names[int(labels[i])],
+            names[int(predicted[i])],
+            float(probabilities[i, predicted[i]]),
+            float(true_probability[i]),
+            float(losses[i]),
+        )
+        for i in worst[:TOP_LOSSES]
+    ]

@@ -1,0 +1,277 @@
+"""The evaluation's outputs: figures/*.png, the same figures in TensorBoard, and report.html.
+
+report.html is one self-contained file: figures are embedded as data URIs, styles are inline,
+and there is no script, so it opens offline in any browser and can be mailed as it is.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from torchgraft.artifact import Run, atomic_write_bytes
+from torchgraft.errors import UserError
+from torchgraft.evaluate import figures
+
+if TYPE_CHECKING:
+    from torchgraft.evaluate.evaluator import Evaluation, Scored
+
+logger = logging.getLogger(__name__)
+
+REPORT_FILE = "report.html"
+
+
+def write_outputs(run: Run, evaluation: Evaluation, scored: Scored, quiet: bool) -> None:
+    """Render the figures, save them, log them to TensorBoard and write report.html."""
+    pngs = render_figures(run, evaluation, scored)
+    for name, png in pngs.items():
+        atomic_write_bytes(run.path / "figures" / f"{name}.png", png)
+    if (run.path / "tensorboard").is_dir():
+        log_to_tensorboard(run, pngs)
+    html_text = render_report(run, evaluation, pngs)
+    atomic_write_bytes(run.path / REPORT_FILE, html_text.encode())
+    logger.info("report written to %s", run.path / REPORT_FILE)
+
+
+def render_figures(run: Run, evaluation: Evaluation, scored: Scored) -> dict[str, bytes]:
+    names = run.info.display_names
+    reliability = evaluation.reliability
+    pngs = {
+        "confusion_matrix": figures.confusion_matrix_png(evaluation.metrics, names),
+        "reliability": figures.reliability_png(
+            [
+                ("before calibration", reliability["before"], evaluation.ece_before),
+                (
+                    f"temperature {evaluation.temperature:.2f}",
+                    reliability["after"],
+                    evaluation.ece_after,
+                ),
+            ]
+        ),
+    }
+    if evaluation.top_losses:
+        pngs["top_losses"] = top_losses_figure(run, evaluation, scored)
+    curves = figures.training_curves_png(run.path / "metrics.csv")
+    if curves is not None:
+        pngs["training_curves"] = curves
+    return pngs
+
+
+def top_losses_figure(run: Run, evaluation: Evaluation, scored: Scored) -> bytes:
+    """The worst mistakes, each shown beside its Grad-CAM for the (wrongly) predicted class:
+    what the model saw that made it say so. Plain images when the model has no feature map."""
+    from torchgraft.explain import grad_cam, side_by_side
+    from torchgraft.models import load_model
+
+    losses = evaluation.top_losses
+    images = torch.stack([scored.dataset[loss.index][0] for loss in losses])
+    predicted = torch.tensor([run.info.display_names.index(x.predicted_class) for x in losses])
+    try:
+        heatmaps = grad_cam(load_model(run), images, predicted).heatmaps
+    except UserError as error:  # e.g. the MLP: no spatial features to explain
+        logger.info("top losses without Grad-CAM: %s", error)
+        heatmaps = torch.zeros(images.shape[0], *images.shape[-2:])
+    tiles = [
+        side_by_side(image, heatmap, 160) for image, heatmap in zip(images, heatmaps, strict=True)
+    ]
+    captions = [
+        f"true {x.true_class} ({x.true_probability:.0%}), said {x.predicted_class} "
+        f"({x.probability:.0%})"
+        for x in losses
+    ]
+    return figures.top_losses_png(tiles, captions)
+
+
+def log_to_tensorboard(run: Run, pngs: dict[str, bytes]) -> None:
+    """The same figures under "evaluation/" in the run's TensorBoard log."""
+    from PIL import Image
+    from torch.utils.tensorboard import SummaryWriter
+
+    step = int(run.info.metrics.get("epoch", 0) or 0)
+    with SummaryWriter(log_dir=str(run.path / "tensorboard")) as writer:
+        for name, png in pngs.items():
+            image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+            writer.add_image(f"evaluation/{name}", image, global_step=step, dataformats="HWC")
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+STYLE = """
+body { font: 15px/1.5 system-ui, sans-serif; margin: 0 auto; max-width: 1100px; padding: 1.5em;
+       color: #1d1d1f; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+.muted { color: #666; } .cards { display: flex; flex-wrap: wrap; gap: 0.8em; }
+.card { border: 1px solid #ddd; border-radius: 8px; padding: 0.6em 1em; min-width: 9em; }
+.card b { display: block; font-size: 1.5em; }
+table { border-collapse: collapse; margin: 0.5em 0; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+tr.average td { font-style: italic; background: #f6f6f6; }
+img { max-width: 100%; } td.diagonal { background: #e3efff; font-weight: bold; }
+"""
+
+
+def render_report(run: Run, evaluation: Evaluation, pngs: dict[str, bytes]) -> str:
+    """The whole report as one HTML string."""
+    info = run.info
+    sections = [
+        overview(run, evaluation),
+        section("Data", data_table(run, evaluation)),
+        section(
+            "Training curves",
+            image_tag(
+                pngs.get("training_curves"), "training-curves", "Loss and accuracy per epoch"
+            ),
+        ),
+        section("Per-class metrics", per_class_table(evaluation)),
+        section(
+            "Confusion matrix",
+            image_tag(pngs["confusion_matrix"], "confusion-matrix", "Confusion matrix")
+            + confusion_table(evaluation, info.display_names)
+            + most_confused(evaluation),
+        ),
+        section("Top losses", top_losses_body(evaluation, pngs.get("top_losses"))),
+        section("Calibration", calibration_body(evaluation, pngs["reliability"])),
+        section(
+            "Configuration",
+            "<details><summary>resolved config</summary><pre>"
+            + escape(json.dumps(info.config, indent=2))
+            + "</pre></details>",
+        ),
+    ]
+    title = f"torchgraft report: {run.path.name}"
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>{escape(title)}</h1>{''.join(sections)}</body></html>\n"
+    )
+
+
+def escape(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def section(title: str, body: str) -> str:
+    anchor = "section-" + title.lower().replace(" ", "-")
+    return f'<section id="{escape(anchor)}"><h2>{escape(title)}</h2>{body}</section>'
+
+
+def image_tag(png: bytes | None, element_id: str, alt: str) -> str:
+    if png is None:
+        return '<p class="muted">No metrics.csv in this run (trained elsewhere?).</p>'
+    return f'<img id="{element_id}" alt="{escape(alt)}" src="{data_uri(png)}">'
+
+
+def table(headers: list[str], rows: list[list[Any]], element_id: str = "") -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    attribute = f' id="{element_id}"' if element_id else ""
+    return f"<table{attribute}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def overview(run: Run, evaluation: Evaluation) -> str:
+    metrics = evaluation.metrics
+    cards = [("accuracy", f"{metrics.accuracy:.2%}")]
+    cards += [(f"top-{k}", f"{value:.2%}") for k, value in metrics.top_k_accuracy.items() if k > 1]
+    cards += [("macro F1", f"{metrics.macro['f1']:.3f}"),
+              ("ECE", f"{evaluation.ece_before:.3f} → {evaluation.ece_after:.3f}")]  # fmt: skip
+    if evaluation.tta_views:
+        cards.append(("without TTA", f"{evaluation.plain_accuracy:.2%}"))
+    body = "".join(f'<div class="card">{escape(n)}<b>{escape(v)}</b></div>' for n, v in cards)
+    when = datetime.now().strftime("%Y-%m-%d %H:%M")
+    tta = f", test-time augmentation over {len(evaluation.tta_views)} views" * bool(
+        evaluation.tta_views
+    )
+    return (
+        f'<p class="muted">{escape(run.info.model_name)} on {evaluation.images} images of the '
+        f"{escape(evaluation.source)}{escape(tta)}; written {when}.</p>"
+        f'<div class="cards">{body}</div>'
+    )
+
+
+def data_table(run: Run, evaluation: Evaluation) -> str:
+    summary = run.info.data_summary
+    rows = [[name.replace("_", " "), value] for name, value in summary.items()]
+    source = run.info.config.get("data", {}).get("source", "")
+    rows.insert(0, ["source", source])
+    rows.append(["classes", len(run.info.class_names)])
+    return table(["", "value"], rows, "data-summary")
+
+
+def per_class_table(evaluation: Evaluation) -> str:
+    metrics = evaluation.metrics
+    rows = [[c.name, f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}", c.support]
+            for c in metrics.per_class]  # fmt: skip
+    total = sum(c.support for c in metrics.per_class)
+    table_html = table(["class", "precision", "recall", "F1", "support"], rows, "per-class")
+    averages = "".join(
+        f'<tr class="average"><td>{label}</td><td>{avg["precision"]:.3f}</td>'
+        f"<td>{avg['recall']:.3f}</td><td>{avg['f1']:.3f}</td><td>{total}</td></tr>"
+        for label, avg in (("macro average", metrics.macro), ("weighted average", metrics.weighted))
+    )
+    return table_html.replace("</tbody>", averages + "</tbody>")
+
+
+def confusion_table(evaluation: Evaluation, names: list[str]) -> str:
+    """The counts as a table too: readable by screen readers and searchable."""
+    head = "".join(f"<th>{escape(name)}</th>" for name in names)
+    rows = "".join(
+        f"<tr><th>{escape(name)}</th>"
+        + "".join(
+            f'<td class="diagonal">{n}</td>' if i == j else f"<td>{n}</td>"
+            for j, n in enumerate(counts)
+        )
+        + "</tr>"
+        for i, (name, counts) in enumerate(zip(names, evaluation.metrics.confusion, strict=True))
+    )
+    return (
+        "<details><summary>counts (rows: true class, columns: predicted)</summary>"
+        f'<table id="confusion-table"><thead><tr><th>true \\ predicted</th>{head}</tr></thead>'
+        f"<tbody>{rows}</tbody></table></details>"
+    )
+
+
+def most_confused(evaluation: Evaluation) -> str:
+    pairs = evaluation.metrics.most_confused
+    if not pairs:
+        return "<p>No mistakes.</p>"
+    items = "".join(
+        f"<li>{escape(true)} taken for {escape(predicted)}: {count}</li>"
+        for true, predicted, count in pairs
+    )
+    return f"<p>Most confused:</p><ul>{items}</ul>"
+
+
+def top_losses_body(evaluation: Evaluation, png: bytes | None) -> str:
+    if png is None:
+        return "<p>No mistakes on this set.</p>"
+    rows = [[x.source, x.true_class, x.predicted_class, f"{x.probability:.1%}", f"{x.loss:.2f}"]
+            for x in evaluation.top_losses]  # fmt: skip
+    return (
+        "<p>The images the model got most wrong, each with its Grad-CAM for the predicted class"
+        " (red: where the evidence for that class was).</p>"
+        + image_tag(png, "top-losses", "Top losses with Grad-CAM")
+        + table(["image", "true", "predicted", "probability", "loss"], rows, "top-losses-table")
+    )
+
+
+def calibration_body(evaluation: Evaluation, png: bytes) -> str:
+    return (
+        f"<p>Expected calibration error {evaluation.ece_before:.4f} before and "
+        f"{evaluation.ece_after:.4f} after temperature scaling (T = "
+        f"{evaluation.temperature:.3f}, fitted on the validation split and applied by predict, "
+        "export and serve). Bars below the diagonal mean the model is more confident than it "
+        "is right.</p>" + image_tag(png, "reliability-diagram", "Reliability diagram")
+    )

@@ -1,0 +1,78 @@
+"""Grad-CAM (Selvaraju et al., 2017): where in the image the network looked for a class.
+
+Autograd does the work: take the backbone's last spatial feature map A (N, K, h, w), the
+gradient of the class score with respect to it, average that gradient over the map to get
+one weight per channel, and keep the positive part of the weighted sum of channels. The
+result is upsampled to the image and scaled to [0, 1]. No hooks are needed: every torchgraft
+network (timm's and the from-scratch `cnn`) exposes `forward_features` and `forward_head`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from torchgraft.errors import UserError
+from torchgraft.models import GraftedClassifier
+
+
+@dataclass
+class GradCam:
+    heatmaps: torch.Tensor  # (N, H, W) in [0, 1], at the input image size
+    class_indices: torch.Tensor  # (N,) the class each heatmap explains
+    logits: torch.Tensor  # (N, num_classes) the model's logits for the images
+
+
+def grad_cam(
+    model: GraftedClassifier, images: torch.Tensor, class_indices: torch.Tensor | None = None
+) -> GradCam:
+    """Heatmaps for uint8 `images` (N, C, H, W): for `class_indices`, else the predicted class."""
+    model.eval()
+    with torch.enable_grad():
+        normalized = model.normalize(images).requires_grad_(True)  # a graph even if frozen
+        spatial = model.net.forward_features(normalized)
+        if spatial.ndim != 4:
+            raise UserError(
+                f"Grad-CAM needs a convolutional feature map; {type(model.net).__name__} gives "
+                f"features of shape {tuple(spatial.shape)}. Use a CNN backbone (e.g. cnn, "
+                "efficientnet_lite0, resnet50)."
+            )
+        logits = model.net.forward_head(spatial)
+        chosen = logits.argmax(1) if class_indices is None else class_indices.to(logits.device)
+        # Images are independent in eval mode, so one backward over the summed scores gives
+        # every image the gradient of its own class score.
+        score = logits.gather(1, chosen[:, None]).sum()
+        (gradients,) = torch.autograd.grad(score, spatial)
+    channel_weights = gradients.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((channel_weights * spatial).sum(1, keepdim=True)).detach().float()
+    cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).amax(1).clamp_min(1e-12)
+    return GradCam(cam / peak[:, None, None], chosen.detach(), logits.detach())
+
+
+def overlay(image: torch.Tensor, heatmap: torch.Tensor, alpha: float = 0.45) -> Image.Image:
+    """A uint8 (C, H, W) image with its heatmap blended on top in the 'jet' colours."""
+    from matplotlib import colormaps
+
+    rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+    base = rgb.permute(1, 2, 0).cpu().numpy().astype(np.float32) / 255
+    colours = colormaps["jet"](heatmap.cpu().numpy())[..., :3].astype(np.float32)
+    blended = (1 - alpha) * base + alpha * colours
+    return Image.fromarray((blended * 255).round().astype(np.uint8))
+
+
+def side_by_side(image: torch.Tensor, heatmap: torch.Tensor, min_size: int = 224) -> Image.Image:
+    """The image and its overlay next to each other, enlarged so small images stay visible."""
+    rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+    plain = Image.fromarray(rgb.permute(1, 2, 0).cpu().numpy())
+    blended = overlay(image, heatmap)
+    scale = max(1, -(-min_size // max(plain.size)))  # ceil: at least min_size on the long side
+    size = (plain.width * scale, plain.height * scale)
+    canvas = Image.new("RGB", (size[0] * 2, size[1]))
+    canvas.paste(plain.resize(size, Image.Resampling.NEAREST), (0, 0))
+    canvas.paste(blended.resize(size, Image.Resampling.BILINEAR), (size[0], 0))
+    return canvas

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from torchgraft.evaluate.evaluator import top_losses
+from torchgraft.evaluate.figures import reliability_bins
+
+
+def test_top_losses_are_the_mistakes_with_the_highest_cross_entropy() -> None:
+    generator = torch.Generator().manual_seed(0)
+    probabilities = torch.rand(50, 4, generator=generator).softmax(1)
+    labels = torch.randint(0, 4, (50,), generator=generator)
+    names = ["a", "b", "c", "d"]
+    worst = top_losses(probabilities, labels, [f"img{i}" for i in range(50)], names)
+
+    losses = torch.nn.functional.nll_loss(probabilities.log(), labels, reduction="none")
+    wrong = [i for i in range(50) if probabilities[i].argmax() != labels[i]]
+    expected = sorted(wrong, key=lambda i: -float(losses[i]))[: len(worst)]
+    assert [x.source for x in worst] == [f"img{i}" for i in expected]
+    assert all(x.true_class != x.predicted_class for x in worst)
+    assert abs(worst[0].loss - float(losses[expected[0]])) < 1e-5
+
+
+def test_reliability_bins_count_every_image_once() -> None:
+    probabilities = torch.tensor([[0.95, 0.05], [0.55, 0.45], [0.3, 0.7], [0.92, 0.08]])
+    labels = torch.tensor([0, 1, 1, 0])
+    bins = reliability_bins(probabilities, labels, bins=10)
+    assert sum(row["count"] for row in bins) == 4
+    top = next(row for row in bins if row["low"] >= 0.9 - 1e-6)
+    assert top["count"] == 2 and top["accuracy"] == 1.0  # 0.95 and 0.92 both right
+    middle = next(row for row in bins if row["low"] <= 0.55 < row["high"])
+    assert middle["accuracy"] == 0.0  # 0.55 for class 0, but it was class 1
+
+
+def test_training_leaves_a_report_metrics_and_tensorboard_figures(tiny_run: Path) -> None:
+    html = (tiny_run / "report.html").read_text()
+    info = json.loads((tiny_run / "graft.json").read_text())
+    for name in info["display_names"]:
+        assert f"<td>{name}</td>" in html
+    assert 'id="confusion-matrix"' in html and "data:image/png;base64," in html
+    assert "http://" not in html and "https://" not in html  # opens offline
+    events = EventAccumulator(str(tiny_run / "tensorboard"))
+    events.Reload()
+    images = events.Tags()["images"]
+    assert {"evaluation/confusion_matrix", "evaluation/reliability"} <= set(images)
