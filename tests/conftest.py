@@ -37,6 +37,20 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run.path
 
 
+@pytest.fixture(scope="session")
+def imagenet_model() -> torch.nn.Module:
+    """EfficientNet-Lite0 with the bundled ImageNet weights, classifier included (224 px)."""
+    from torchgraft.models import create_classifier
+    from torchgraft.models.bundled import efficientnet_lite0_weights
+    from torchgraft.models.registry import IMAGENET_MEAN, IMAGENET_STD
+
+    model = create_classifier("efficientnet_lite0", 1000, channels=3, image_size=224,
+                              mean=IMAGENET_MEAN, std=IMAGENET_STD, pretrained=True)  # fmt: skip
+    # The grafted head is re-initialised; put the bundled ImageNet classifier back.
+    model.net.load_state_dict(efficientnet_lite0_weights())
+    return model.eval()
+
+
 CHROMIUM = Path("/usr/bin/chromium")
 # Debian's Chromium in a container: no sandbox, no GPU, and nothing that reaches the network.
 CHROMIUM_ARGS = [

@@ -7,30 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from torchgraft.errors import GraftRuntimeError
-from torchgraft.models import create_classifier
 from torchgraft.models.bundled import map_by_position
-from torchgraft.models.registry import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967
-
-
-@pytest.fixture(scope="module")
-def imagenet_model() -> torch.nn.Module:
-    model = create_classifier(
-        "efficientnet_lite0",
-        1000,
-        channels=3,
-        image_size=224,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        pretrained=True,
-    )
-    # The grafted head is re-initialised; put the bundled ImageNet classifier back.
-    from torchgraft.models.bundled import efficientnet_lite0_weights
-
-    model.net.load_state_dict(efficientnet_lite0_weights())
-    return model.eval()
 
 
 def _top1(model: torch.nn.Module, photo: np.ndarray) -> int:
