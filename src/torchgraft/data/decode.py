@@ -8,9 +8,11 @@ and 16-bit images converted; GIFs read at their first frame.
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -55,10 +57,24 @@ def decode_file(path: Path, channels: int) -> tuple[torch.Tensor, ImageInfo]:
         raise UnreadableImage(path, f"cannot open ({error.strerror or error})") from None
     if size == 0:
         raise UnreadableImage(path, "empty file (0 bytes)")
+    return _decode(path, path, channels)
+
+
+def decode_bytes(
+    data: bytes, channels: int, name: str = "upload"
+) -> tuple[torch.Tensor, ImageInfo]:
+    """Decode an image file held in memory (an HTTP upload) by the same rules as a file on disk;
+    `name` stands for it in the `UnreadableImage` message."""
+    if not data:
+        raise UnreadableImage(Path(name), "empty file (0 bytes)")
+    return _decode(io.BytesIO(data), Path(name), channels)
+
+
+def _decode(source: Path | BinaryIO, path: Path, channels: int) -> tuple[torch.Tensor, ImageInfo]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 info = ImageInfo(image.width, image.height, image.mode, image.format or "?")
                 _refuse_bombs(path, image)
                 image.seek(0)  # the first frame of an animation

@@ -1,0 +1,65 @@
+"""The page at GET /, in headless Chromium: pick an image, see the predicted class."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from torchgraft.testing import class_image
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+
+@pytest.fixture
+def server(tiny_run: Path) -> Iterator[str]:
+    """A real uvicorn server for the run, on a free loopback port, in a thread."""
+    import uvicorn
+
+    from torchgraft.serve.app import create_app
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))  # the OS picks a free port; uvicorn serves on this socket
+    port = listener.getsockname()[1]
+    config = uvicorn.Config(create_app(tiny_run), log_level="warning")
+    running = uvicorn.Server(config)
+    thread = threading.Thread(target=running.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not running.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    running.should_exit = True
+    thread.join(timeout=10)
+    listener.close()
+
+
+def test_the_page_shows_the_predicted_class_of_an_uploaded_image(
+    server: str,
+    page,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    from playwright.sync_api import expect
+
+    image = tmp_path / "shape.png"
+    Image.fromarray(class_image(2, 32, seed=7)).save(image)
+    page.goto(server)
+    expect(page.locator("#model")).to_contain_text("cnn")
+    page.set_input_files("#file", str(image))
+    expect(page.locator("#prediction")).to_contain_text("triangle")
+    expect(page.locator("#bars li")).to_have_count(3)
+    expect(page.locator("#source")).to_have_text("shape.png")
+    expect(page.locator("#explanation")).to_be_visible()  # the Grad-CAM overlay arrived
+    expect(page.locator("#overlay")).to_have_js_property("naturalWidth", 224)
+    assert page.errors == []
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    page.set_input_files("#file", str(notes))
+    expect(page.locator("#error")).to_contain_text("not an image")

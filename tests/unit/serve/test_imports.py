@@ -1,0 +1,15 @@
+"""The web stack is imported by the app alone: `import torchgraft` stays light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_importing_torchgraft_does_not_import_the_web_stack() -> None:
+    code = (
+        "import sys, torchgraft, torchgraft.api, torchgraft.serve\n"
+        "print(sorted(m for m in ('fastapi', 'starlette', 'uvicorn', 'httpx') if m in sys.modules))"
+    )
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "[]"
