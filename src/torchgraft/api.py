@@ -7,20 +7,23 @@ predictions = api.predict(run, ["digit.png"], top_k=3)
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from torchgraft.artifact import Run
 from torchgraft.config import RunConfig, dotted_overrides, load_train_config
-from torchgraft.data import load_display_names
 from torchgraft.serve.predictor import ImageInput, Prediction, Predictor
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from torchgraft.data.audit import AuditReport
     from torchgraft.evaluate import Evaluation
     from torchgraft.explain import Explanations
+    from torchgraft.export import BenchmarkReport, ExportReport
 
 
 def train_config(config: str | Path | None = None, **settings: Any) -> RunConfig:
@@ -83,10 +86,7 @@ def _with_report(run: Run, report: bool, quiet: bool) -> Run:
 
 
 def evaluate(
-    run: Run | str | Path,
-    data: str | Path | None = None,
-    quiet: bool = False,
-    tta: bool = False,
+    run: Run | str | Path, data: str | Path | None = None, quiet: bool = False, tta: bool = False
 ) -> Evaluation:
     """Score a run on its validation split (fitting its calibration temperature), or on
     `data`, a test folder or label file; writes metrics.json, figures/ and report.html.
@@ -116,15 +116,37 @@ def load_run(run: Run | str | Path) -> Run:
 
 
 def predictor(
-    run: Run | str | Path, device: str = "cpu", class_names: str | Path | None = None
+    run: Run | str | Path,
+    device: str = "cpu",
+    class_names: str | Path | None = None,
+    batch_size: int = 64,
 ) -> Predictor:
     """A loaded model for repeated predictions; `class_names` overrides the display names."""
-    loaded = Predictor.from_run(load_run(run), device=device)
-    if class_names is not None:
-        loaded.display_names = load_display_names(class_names, loaded.info.class_names)
-    return loaded
+    return Predictor.from_run(load_run(run), device, batch_size, class_names)
 
 
+@overload
+def predict(
+    run: Run | str | Path,
+    images: ImageInput | Iterable[ImageInput],
+    top_k: int = ...,
+    *,
+    device: str = ...,
+    class_names: str | Path | None = ...,
+    batch_size: int = ...,
+    probabilities: Literal[False] = ...,
+) -> list[Prediction]: ...
+@overload
+def predict(
+    run: Run | str | Path,
+    images: ImageInput | Iterable[ImageInput],
+    top_k: int = ...,
+    *,
+    device: str = ...,
+    class_names: str | Path | None = ...,
+    batch_size: int = ...,
+    probabilities: Literal[True],
+) -> tuple[list[Prediction], np.ndarray]: ...
 def predict(
     run: Run | str | Path,
     images: ImageInput | Iterable[ImageInput],
@@ -132,9 +154,70 @@ def predict(
     *,
     device: str = "cpu",
     class_names: str | Path | None = None,
-) -> list[Prediction]:
-    """Top-k predictions for paths, PIL images, NumPy arrays or tensors (single or batched)."""
-    return predictor(run, device, class_names).predict(images, top_k=top_k)
+    batch_size: int = 64,
+    probabilities: bool = False,
+) -> list[Prediction] | tuple[list[Prediction], np.ndarray]:
+    """One record per image, each with its top-k classes, for files, folders (searched
+    recursively), glob patterns, bytes, PIL images, NumPy arrays or tensors.
+
+    Images are classified `batch_size` at a time. A file that does not decode is skipped
+    with a warning; its record's `error` says why. With `probabilities=True`, also returns
+    the (N, num_classes) calibrated probabilities, row for row (NaN for a skipped image).
+    """
+    loaded = predictor(run, device, class_names, batch_size)
+    records, scores = loaded.predict_with_probabilities(images, top_k)
+    return (records, scores) if probabilities else records
+
+
+def export(
+    run: Run | str | Path, formats: str | Iterable[str] | None = None, quiet: bool = False
+) -> ExportReport:
+    """Export a run to `formats` (onnx, aoti, torchscript, onnx-int8; default: all) under
+    runs/NAME/exports/, each checked against eager PyTorch on real validation images.
+
+    Raises GraftRuntimeError when a format fails its parity check (the files and
+    parity.json stay on disk, saying what failed)."""
+    from torchgraft.export import export_run
+
+    return export_run(load_run(run), formats, quiet=quiet)
+
+
+def benchmark(
+    run: Run | str | Path, batch_size: int = 64, seconds: float = 2.0, quiet: bool = False
+) -> BenchmarkReport:
+    """Images/s and p50/p95 latency of eager PyTorch, onnxruntime and AOTInductor (and of
+    the int8 and TorchScript exports when present) at batch 1 and `batch_size`, on this
+    machine. Exports the ONNX and AOTInductor models first if the run has none."""
+    from torchgraft.export import benchmark_run
+
+    return benchmark_run(load_run(run), (1, batch_size), seconds=seconds, quiet=quiet)
+
+
+def serve(
+    run: Run | str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    device: str = "cpu",
+    class_names: str | Path | None = None,
+    top_k: int = 5,
+    max_upload_mb: float = 10.0,
+) -> None:
+    """Serve the run over HTTP until Ctrl-C: POST /predict, GET /health, and a page at GET /.
+
+    The model loads once, before the server starts listening."""
+    import uvicorn
+
+    from torchgraft.serve.app import create_app
+
+    app = create_app(
+        predictor(run, device, class_names),
+        top_k=top_k,
+        max_upload_bytes=int(max_upload_mb * 2**20),
+    )
+    # uvicorn shuts down gracefully on Ctrl-C, then re-raises it: stopping is not an error.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 def doctor(

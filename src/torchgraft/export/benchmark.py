@@ -1,0 +1,112 @@
+"""`graft benchmark`: images/s and latency of eager PyTorch and the exported models.
+
+Each engine classifies the same random uint8 batches (speed does not depend on the pixels)
+at batch size 1 and batched, on this machine, with the same thread count. Formats the
+benchmark needs (onnx, aoti) are exported first when the run has none yet; int8 ONNX and
+TorchScript are timed too when they were exported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+
+from torchgraft.artifact import Run
+from torchgraft.export.exporter import EXPORTS_DIR, export_run
+from torchgraft.export.formats import FORMATS
+from torchgraft.export.loader import load_exported
+from torchgraft.export.model import Predict, numpy_predict, probability_model
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_FORMATS = ("onnx", "aoti")  # exported on demand
+ENGINES = {  # engine label -> export format, in table order
+    "onnxruntime": "onnx",
+    "aoti": "aoti",
+    "onnxruntime-int8": "onnx-int8",
+    "torchscript": "torchscript",
+}
+WARMUP_CALLS = 3  # first calls pay for allocation and lazy initialisation
+MIN_CALLS = 5
+
+
+@dataclass
+class Timing:
+    engine: str  # eager, onnxruntime, aoti, ...
+    batch_size: int
+    images_per_second: float
+    p50_ms: float  # median latency of one call (one batch)
+    p95_ms: float
+    calls: int  # timed calls behind these numbers
+
+
+@dataclass
+class BenchmarkReport:
+    threads: int  # intra-op threads every engine used
+    timings: list[Timing]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def benchmark_run(
+    run: Run, batch_sizes: Sequence[int] = (1, 64), seconds: float = 2.0, quiet: bool = False
+) -> BenchmarkReport:
+    """Time every engine at every batch size for about `seconds` each."""
+    folder = run.path / EXPORTS_DIR
+    missing = [name for name in REQUIRED_FORMATS if not (folder / FORMATS[name].file_name).exists()]
+    if missing:
+        logger.info("no %s export yet: exporting it first", " or ".join(missing))
+        export_run(run, missing, quiet=quiet)
+    loaders: dict[str, Callable[[], Predict]] = {
+        "eager": lambda: numpy_predict(probability_model(run))
+    }
+    for label, name in ENGINES.items():
+        path = folder / FORMATS[name].file_name
+        if path.is_file():
+            loaders[label] = partial(load_exported, path)
+    images = random_images(run, max(batch_sizes))
+    timings = []
+    for label, load in loaders.items():
+        # One engine in memory at a time: an idle onnxruntime or OpenMP thread pool would
+        # otherwise compete with the engine being timed.
+        predict = load()
+        timings += [time_engine(label, predict, images[:size], seconds) for size in batch_sizes]
+        del predict
+    return BenchmarkReport(torch.get_num_threads(), timings)
+
+
+def random_images(run: Run, count: int) -> np.ndarray:
+    prep = run.info.preprocessing
+    shape = (count, prep.channels, prep.image_size, prep.image_size)
+    return np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+
+
+def time_engine(label: str, predict: Predict, images: np.ndarray, seconds: float) -> Timing:
+    """Call `predict` on `images` repeatedly for about `seconds`, after a warm-up."""
+    for _ in range(WARMUP_CALLS):
+        predict(images)
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(latencies) < MIN_CALLS or time.perf_counter() < deadline:
+        started = time.perf_counter()
+        predict(images)
+        latencies.append(time.perf_counter() - started)
+    milliseconds = np.array(latencies) * 1000
+    logger.info("%s, batch %d: %d calls", label, len(images), len(latencies))
+    return Timing(
+        label,
+        len(images),
+        images_per_second=len(images) * len(latencies) / sum(latencies),
+        p50_ms=float(np.percentile(milliseconds, 50)),
+        p95_ms=float(np.percentile(milliseconds, 95)),
+        calls=len(latencies),
+    )

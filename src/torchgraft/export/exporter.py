@@ -1,0 +1,184 @@
+"""`graft export`: write each format, check it against eager PyTorch, report.
+
+Export reads the run directory only (graft.json, model.safetensors) plus the run's own
+images for the parity check and int8 calibration. Every file lands in runs/NAME/exports/,
+with parity.json (the check's numbers) and README.md (the input contract for deployers).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from torchgraft.artifact import WEIGHTS_FILE, Run, atomic_write_bytes
+from torchgraft.data.hashing import content_digest
+from torchgraft.errors import GraftError, GraftRuntimeError
+from torchgraft.export.formats import ExportFormat, resolve_formats
+from torchgraft.export.images import calibration_images, parity_images
+from torchgraft.export.loader import load_exported
+from torchgraft.export.model import (
+    ExportInputs,
+    example_batch,
+    export_metadata,
+    predict_in_batches,
+    probability_model,
+)
+from torchgraft.export.parity import (
+    INT8_MAX_ACCURACY_DROP,
+    FormatParity,
+    Reference,
+    compare,
+    eager_reference,
+    failure_reason,
+)
+from torchgraft.export.readme import write_readme
+
+logger = logging.getLogger(__name__)
+
+EXPORTS_DIR = "exports"
+PARITY_FILE = "parity.json"
+
+
+@dataclass
+class ExportReport:
+    folder: Path  # runs/NAME/exports
+    source: str  # which images the parity check used
+    eager_float32_error: float  # max |p_float32 - p_float64| of eager PyTorch on them
+    float_tolerance: float  # the largest probability difference a float format may have
+    results: list[FormatParity]  # one per format, in table order
+
+    @property
+    def passed(self) -> bool:
+        return all(result.passed for result in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "eager_float32_error": self.eager_float32_error,
+            "tolerances": {
+                "float_max_abs_diff": self.float_tolerance,
+                "float_top1_disagreements": 0,
+                "int8_max_accuracy_drop": INT8_MAX_ACCURACY_DROP,
+            },
+            "passed": self.passed,
+            "formats": {result.format: result.to_dict() for result in self.results},
+        }
+
+
+def export_run(
+    run: Run, formats: str | Iterable[str] | None = None, quiet: bool = False
+) -> ExportReport:
+    """Export `run` to `formats` (default: all), check each, and fail if any check fails."""
+    chosen = resolve_formats(formats)
+    inputs = export_inputs(run, quiet)
+    images = parity_images(run, quiet)
+    reference = eager_reference(inputs.model, images.pixels, images.labels)
+    folder = run.path / EXPORTS_DIR
+    results = [export_and_check(spec, inputs, folder, images.pixels, reference) for spec in chosen]
+    report = ExportReport(
+        folder, images.source, reference.float32_error, reference.float_tolerance, results
+    )
+    write_parity(report, model_identity(run))
+    write_readme(folder, run, len(images.labels))
+    raise_on_failure(report)
+    return report
+
+
+def export_inputs(run: Run, quiet: bool) -> ExportInputs:
+    return ExportInputs(
+        model=probability_model(run),
+        example=example_batch(run),
+        metadata=export_metadata(run),
+        calibration_images=lambda: calibration_images(run, quiet),
+    )
+
+
+def export_and_check(
+    spec: ExportFormat, inputs: ExportInputs, folder: Path, pixels: np.ndarray, reference: Reference
+) -> FormatParity:
+    """Write one format's file, then compare its probabilities with eager PyTorch's."""
+    path = folder / spec.file_name
+    logger.info("exporting %s to %s", spec.name, path)
+    started = time.perf_counter()
+    write_atomically(spec, inputs, path)
+    seconds = time.perf_counter() - started
+    numbers = compare(predict_in_batches(load_exported(path), pixels), reference)
+    reason = failure_reason(spec.precision, numbers, reference.float_tolerance)
+    result = FormatParity(
+        spec.name, spec.file_name, spec.precision, **numbers,
+        export_seconds=round(seconds, 2), size_bytes=path.stat().st_size, failure=reason,
+    )  # fmt: skip
+    logger.info("%s: %s", spec.name, "parity passed" if result.passed else result.failure)
+    return result
+
+
+def write_atomically(spec: ExportFormat, inputs: ExportInputs, path: Path) -> None:
+    """Export to a temporary name beside `path`, then rename: no half-written model file.
+
+    The temporary name keeps the extension, which some exporters check (".pt2").
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".partial-{path.name}")
+    try:
+        spec.export(inputs, temporary)
+        os.replace(temporary, path)
+    except GraftError:
+        raise  # already explained (e.g. the training images for int8 cannot be loaded)
+    except Exception as error:
+        raise GraftRuntimeError(
+            f"exporting to {spec.name} failed ({type(error).__name__}: {error}); "
+            f"the other formats can still be exported one at a time with --format"
+        ) from error
+    finally:
+        temporary.unlink(missing_ok=True)  # after a failure, or Ctrl-C, mid-export
+
+
+def model_identity(run: Run) -> dict[str, Any]:
+    """What the exports were made from: a parity result is valid for these only."""
+    weights = content_digest(run.path / WEIGHTS_FILE)
+    return {"weights_sha256": weights, "temperature": run.info.temperature}
+
+
+def write_parity(report: ExportReport, identity: dict[str, Any]) -> None:
+    """parity.json: this export's results, plus earlier ones for files of the same model.
+
+    Exporting one format at a time thus builds up one file that covers them all.
+    """
+    path = report.folder / PARITY_FILE
+    formats = {
+        name: result
+        for name, result in _earlier_results(path, identity).items()
+        if (report.folder / result["file"]).is_file()
+    }
+    data = report.to_dict()
+    formats.update(data["formats"])
+    data.update(identity, formats=formats)
+    data["passed"] = all(result["passed"] for result in formats.values())
+    atomic_write_bytes(path, json.dumps(data, indent=2).encode())
+
+
+def _earlier_results(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    same_model = all(earlier.get(key) == value for key, value in identity.items())
+    return dict(earlier.get("formats", {})) if same_model else {}
+
+
+def raise_on_failure(report: ExportReport) -> None:
+    failed = [result for result in report.results if not result.passed]
+    if failed:
+        details = "; ".join(f"{result.format}: {result.failure}" for result in failed)
+        raise GraftRuntimeError(
+            f"export failed its parity check on the {report.source} ({details}). The files are "
+            f"kept in {report.folder} and {PARITY_FILE} there has the numbers."
+        )

@@ -1,0 +1,68 @@
+"""The one table of export formats: name, file, exporter, and float or int8.
+
+Everything else (the CLI's --format choices, `--all`, the parity thresholds, the README)
+reads this table, so adding a format is one row and one module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torchgraft.errors import UserError, did_you_mean
+from torchgraft.export.aoti import export_aoti
+from torchgraft.export.model import ExportInputs
+from torchgraft.export.onnx_format import export_onnx
+from torchgraft.export.onnx_int8 import export_onnx_int8
+from torchgraft.export.torchscript import export_torchscript
+
+Exporter = Callable[[ExportInputs, Path], None]
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    name: str  # what --format takes
+    file_name: str  # the file under the run's exports/
+    export: Exporter  # writes that file from the run's model
+    precision: str  # "float" (must match eager PyTorch) or "int8" (may lose a little accuracy)
+    description: str
+
+
+FORMATS: dict[str, ExportFormat] = {
+    spec.name: spec
+    for spec in (
+        ExportFormat(
+            "onnx", "model.onnx", export_onnx, "float", "ONNX, for onnxruntime and other engines"
+        ),
+        ExportFormat(
+            "aoti", "model.pt2", export_aoti, "float", "AOTInductor package, Python or C++"
+        ),
+        ExportFormat(
+            "torchscript", "model.ts", export_torchscript, "float", "TorchScript (legacy)"
+        ),
+        ExportFormat(
+            "onnx-int8",
+            "model.int8.onnx",
+            export_onnx_int8,
+            "int8",
+            "ONNX with int8 static quantization, for onnxruntime",
+        ),
+    )
+}
+
+
+def resolve_formats(formats: str | Iterable[str] | None) -> list[ExportFormat]:
+    """The formats named (in table order, each once); None or "all" means every format."""
+    names = ["all"] if formats is None else [formats] if isinstance(formats, str) else [*formats]
+    if "all" in names:
+        return list(FORMATS.values())
+    if not names:
+        raise UserError(f"no export format given: use one or more of {', '.join(FORMATS)}")
+    for name in names:
+        if name not in FORMATS:
+            raise UserError(
+                f"unknown export format {name!r}: use one of {', '.join(FORMATS)} or all."
+                + did_you_mean(name, FORMATS)
+            )
+    return [spec for spec in FORMATS.values() if spec.name in names]

@@ -1,0 +1,107 @@
+"""Load an exported model as a function: uint8 (N, C, H, W) NumPy images -> probabilities.
+
+One interface over the formats, for parity checks, benchmarks and batch prediction:
+
+    model = load_exported("runs/NAME/exports/model.onnx")
+    probabilities = model(images)  # (N, classes) float32
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from torchgraft.errors import UserError
+from torchgraft.export.model import METADATA_PREFIX, Predict, numpy_predict, quieter_loggers
+from torchgraft.export.onnx_format import INPUT_NAME
+from torchgraft.export.torchscript import METADATA_FILE, without_jit_deprecation
+
+
+@dataclass
+class ExportedModel:
+    """A loaded export. Call it with uint8 (N, C, H, W) images at the training size."""
+
+    path: Path
+    predict: Predict  # the format's own call, on a contiguous uint8 batch
+    metadata: dict[str, str]  # the torchgraft.* keys written at export
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        expected = (self.channels, self.image_size, self.image_size)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected:
+            raise UserError(
+                f"{self.path.name} takes uint8 images of shape (N, {', '.join(map(str, expected))})"
+                f", got {images.dtype} {images.shape}: resize to the training size first "
+                "(exports/README.md shows how)"
+            )
+        if len(images) == 0:
+            return np.zeros((0, len(self.class_names)), dtype=np.float32)
+        return np.asarray(self.predict(np.ascontiguousarray(images)), dtype=np.float32)
+
+    def _field(self, name: str) -> str:
+        return self.metadata[METADATA_PREFIX + name]
+
+    @property
+    def image_size(self) -> int:
+        return int(self._field("image_size"))
+
+    @property
+    def channels(self) -> int:
+        return int(self._field("channels"))
+
+    @property
+    def class_names(self) -> list[str]:
+        return self._field("class_names").split("\n")
+
+    @property
+    def display_names(self) -> list[str]:
+        return self._field("display_names").split("\n")
+
+
+def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel:
+    """A .onnx (float or int8), .pt2 or .ts file written by `graft export`.
+
+    `threads` caps onnxruntime's intra-op threads (default: torch's thread count, so the
+    formats compare fairly); the PyTorch formats use torch's own setting.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no exported model at {path}: run `graft export --run runs/NAME` first")
+    loaders = {".onnx": _load_onnx, ".pt2": _load_aoti, ".ts": _load_torchscript}
+    if path.suffix not in loaders:
+        raise UserError(f"cannot load {path}: expected a .onnx, .pt2 or .ts file from graft export")
+    predict, metadata = loaders[path.suffix](path, threads or torch.get_num_threads())
+    if METADATA_PREFIX + "image_size" not in metadata:
+        raise UserError(f"{path} was not written by graft export: it has no torchgraft metadata")
+    return ExportedModel(path, predict, metadata)
+
+
+def _load_onnx(path: Path, threads: int) -> tuple[Predict, dict[str, str]]:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {INPUT_NAME: images})[0])
+
+    return predict, dict(session.get_modelmeta().custom_metadata_map)
+
+
+def _load_aoti(path: Path, threads: int) -> tuple[Predict, dict[str, str]]:
+    with quieter_loggers("torch.utils.cpp_extension", level=logging.ERROR):  # a CUDA notice
+        package = torch._inductor.aoti_load_package(str(path))
+    return numpy_predict(package), dict(package.get_metadata())
+
+
+def _load_torchscript(path: Path, threads: int) -> tuple[Predict, dict[str, str]]:
+    extra_files = {METADATA_FILE: ""}
+    with without_jit_deprecation():
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files)
+    return numpy_predict(module), json.loads(extra_files[METADATA_FILE] or "{}")

@@ -1,0 +1,114 @@
+"""Parity of an export with eager PyTorch, on real images.
+
+A float format must pick the same top-1 class on every image and stay within the float
+tolerance of eager PyTorch's probabilities; an int8 format may differ more but must not lose
+more than INT8_MAX_ACCURACY_DROP of accuracy.
+
+The float tolerance is FLOAT_TOLERANCE, unless eager PyTorch itself is further than that
+from the exact answer: float32 rounding in a deep network (EfficientNet-Lite0 at 64 px:
+2.4e-4 from float64 on 1000 mnist5k images) is no export bug, and another engine's different
+summation order rounds differently (onnxruntime: 6.5e-4 there). So the reference is
+also computed in float64, and a float export may differ by NOISE_FACTOR times eager
+float32's own error when that is larger. A wrong export (perturbed weights) differs by
+orders of magnitude more.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from torchgraft.export.model import ProbabilityModel, numpy_predict, predict_in_batches
+
+FLOAT_TOLERANCE = 1e-4  # largest allowed |p_export - p_eager| for a float format...
+NOISE_FACTOR = 10.0  # ... unless this many times eager float32's own error is larger
+INT8_MAX_ACCURACY_DROP = 0.01  # one point of accuracy
+
+
+@dataclass
+class Reference:
+    """Eager PyTorch on the parity images: what every export is compared with."""
+
+    probabilities: np.ndarray  # (N, classes), float32 as deployed
+    labels: np.ndarray
+    float32_error: float  # max |p_float32 - p_float64| of eager PyTorch itself
+
+    @property
+    def float_tolerance(self) -> float:
+        return max(FLOAT_TOLERANCE, NOISE_FACTOR * self.float32_error)
+
+
+def eager_reference(model: ProbabilityModel, pixels: np.ndarray, labels: np.ndarray) -> Reference:
+    """The model's probabilities in float32, and how far they are from float64's."""
+    probabilities = predict_in_batches(numpy_predict(model), pixels)
+    # uint8 -> float32 is exact, and the float64 mean/std promote the rest to float64.
+    exact = predict_in_batches(numpy_predict(copy.deepcopy(model).double()), pixels)
+    float32_error = float(np.abs(probabilities - exact).max(initial=0.0))
+    return Reference(probabilities, labels, float32_error)
+
+
+@dataclass
+class FormatParity:
+    """How one exported file compares with eager PyTorch on the parity images."""
+
+    format: str
+    file: str  # file name under exports/
+    precision: str  # float or int8
+    images: int
+    disagreements: int  # images whose top-1 class differs from eager PyTorch's
+    top1_agreement: float  # share of images with the same top-1 class
+    max_abs_diff: float  # largest |probability difference| over all images and classes
+    accuracy: float  # top-1 accuracy of the export on the labelled images
+    eager_accuracy: float  # ... of eager PyTorch on the same images
+    export_seconds: float  # time to write the file
+    size_bytes: int
+    failure: str = ""  # why the check failed; empty when it passed
+
+    @property
+    def passed(self) -> bool:
+        return not self.failure
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "passed": self.passed}
+
+
+def compare(probabilities: np.ndarray, reference: Reference) -> dict[str, Any]:
+    """The parity numbers of an export's `probabilities` against the eager reference."""
+    predicted = probabilities.argmax(axis=1)
+    expected = reference.probabilities.argmax(axis=1)
+    labels = reference.labels
+    disagreements = int((predicted != expected).sum())
+    return {
+        "images": len(labels),
+        "disagreements": disagreements,
+        "top1_agreement": 1.0 - disagreements / max(len(labels), 1),
+        "max_abs_diff": float(np.abs(probabilities - reference.probabilities).max(initial=0.0)),
+        "accuracy": float((predicted == labels).mean()),
+        "eager_accuracy": float((expected == labels).mean()),
+    }
+
+
+def failure_reason(precision: str, numbers: dict[str, Any], float_tolerance: float) -> str:
+    """Why `compare`'s numbers fail the check for a format of `precision`; '' if they pass."""
+    images, disagreements, difference = (
+        numbers["images"], numbers["disagreements"], numbers["max_abs_diff"]
+    )  # fmt: skip
+    if precision == "int8":
+        drop = numbers["eager_accuracy"] - numbers["accuracy"]
+        if drop > INT8_MAX_ACCURACY_DROP + 1e-9:  # 0.892 - 0.882 is 0.010000000000000009
+            return (
+                f"int8 quantization lost {drop:.2%} of accuracy on {images} images "
+                f"(at most {INT8_MAX_ACCURACY_DROP:.0%} allowed): use the float ONNX model "
+                "(onnx) instead, or train longer for larger class margins"
+            )
+        return ""
+    if disagreements or difference > float_tolerance:
+        return (
+            f"{disagreements} of {images} top-1 predictions differ from eager PyTorch and "
+            f"probabilities differ by up to {difference:.2e} (allowed: 0 and {float_tolerance:.1e})"
+        )
+    return ""

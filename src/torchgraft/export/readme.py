@@ -1,0 +1,145 @@
+"""exports/README.md: the input contract and how to call the files, for a deployer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from string import Template
+
+from torchgraft.artifact import Run, atomic_write_bytes
+from torchgraft.export.formats import FORMATS
+
+CLASSES_SHOWN = 20  # classes listed in the README; the file metadata has all of them
+
+RESIZE_STEPS = {
+    "crop": "resize the shorter side to $size px, then cut the centre $size x $size square",
+    "pad": "resize the longer side to $size px, then pad with black to a $size x $size square",
+    "squash": "stretch to $size x $size px, ignoring the aspect ratio",
+}
+PILLOW_RESIZE = {
+    "crop": "ImageOps.fit(image, ($size, $size), $filter)",
+    "pad": "ImageOps.pad(image, ($size, $size), $filter, color=0)",
+    "squash": "image.resize(($size, $size), $filter)",
+}
+
+TEMPLATE = """# Exported model: $model_name
+
+Written by `graft export` from the run in `$run_path`. Every file below was checked against
+eager PyTorch on $images real images; `parity.json` holds the numbers.
+
+$files
+
+## Input contract (every format)
+
+- Input `images`: **uint8**, shape **(N, $channels, $size, $size)**, channels first, $colour,
+  values 0..255. Any batch size N.
+- Bring each image to $size x $size with resize mode **$resize_mode**: $resize_steps
+  ($interpolation interpolation, antialiased).
+- Do **not** normalise: the mean/std normalisation is inside the model.
+- Output `probabilities`: float32, shape (N, $num_classes), softmax(logits / $temperature)
+  (the calibration temperature is applied inside). Column i is class i:
+
+$classes
+
+The same facts are stored in each file's metadata (`torchgraft.*` keys: ONNX metadata_props,
+the .pt2 package metadata, `torchgraft.json` inside model.ts).
+
+## Python (onnxruntime)
+
+```python
+import numpy as np
+import onnxruntime
+from PIL import Image, ImageOps
+
+session = onnxruntime.InferenceSession("model.onnx")
+image = Image.open("image.jpg").convert("$pil_mode")
+image = $pillow_resize
+pixels = $pixels  # (1, $channels, $size, $size) uint8
+probabilities = session.run(None, {"images": pixels})[0]
+names = session.get_modelmeta().custom_metadata_map["torchgraft.display_names"].split("\\n")
+print(names[int(probabilities[0].argmax())])
+```
+
+Pillow's resampling is close to, not bit-identical with, torchvision's; for exactly the
+training pixels use `torchgraft.Predictor.from_run(run).preprocess(path)` (a uint8 tensor).
+`torchgraft.export.load_exported(path)` loads any of these files behind one call.
+
+## C++ (AOTInductor)
+
+`model.pt2` is native code for this machine's CPU family and this torch version
+(`torch._inductor.aoti_load_package("model.pt2")` loads it in Python). The example in
+torchgraft's `examples/cpp` builds against the torch wheel's headers and libraries:
+
+```sh
+cmake -S examples/cpp -B build -G Ninja -DCMAKE_BUILD_TYPE=Release \\
+  -DCMAKE_PREFIX_PATH="$$(python -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+cmake --build build
+python -c "from PIL import Image, ImageOps; image = Image.open('image.jpg').convert('$pil_mode'); \\
+$pillow_resize.save('image.$netpbm')"
+./build/graft_classify model.pt2 image.$netpbm   # prints the top-1 class and its probability
+```
+
+Its core:
+
+```cpp
+torch::inductor::AOTIModelPackageLoader loader("model.pt2");
+at::Tensor images = ...;  // image.$netpbm as uint8 {1, $channels, $size, $size}
+at::Tensor probabilities = loader.run({images})[0];
+int64_t top1 = probabilities.argmax(1).item<int64_t>();
+std::string names = loader.get_metadata()["torchgraft.display_names"];  // one per line
+```
+
+TorchScript (`model.ts`) is a legacy format, deprecated in current PyTorch: prefer model.pt2
+or model.onnx.
+"""
+
+
+def write_readme(folder: Path, run: Run, images: int) -> None:
+    atomic_write_bytes(folder / "README.md", readme_text(folder, run, images).encode())
+
+
+def readme_text(folder: Path, run: Run, images: int) -> str:
+    info, prep = run.info, run.info.preprocessing
+    size = str(prep.image_size)
+    grey = prep.channels == 1
+    pil_filter = f"Image.Resampling.{prep.interpolation.upper()}"
+    resize = Template(PILLOW_RESIZE[prep.resize_mode]).substitute(size=size, filter=pil_filter)
+    return Template(TEMPLATE).substitute(
+        model_name=info.model_name,
+        run_path=run.path,
+        images=images,
+        files=_files_list(folder),
+        channels=prep.channels,
+        size=size,
+        colour="1 grey channel" if grey else "RGB order",
+        resize_mode=prep.resize_mode,
+        resize_steps=Template(RESIZE_STEPS[prep.resize_mode]).substitute(size=size),
+        interpolation=prep.interpolation,
+        num_classes=info.num_classes,
+        temperature=f"{info.temperature:.4g}",
+        classes=_classes_list(info.class_names, info.display_names),
+        pil_mode="L" if grey else "RGB",
+        pillow_resize=resize,
+        pixels="np.asarray(image)[None, None]"
+        if grey
+        else "np.asarray(image).transpose(2, 0, 1)[None]",
+        netpbm="pgm" if grey else "ppm",
+    )
+
+
+def _files_list(folder: Path) -> str:
+    rows = [
+        f"- `{spec.file_name}`: {spec.description}"
+        for spec in FORMATS.values()
+        if (folder / spec.file_name).is_file()
+    ]
+    return "\n".join(rows)
+
+
+def _classes_list(class_names: list[str], display_names: list[str]) -> str:
+    rows = [
+        f"- {index}: {display}" + ("" if display == name else f" (`{name}`)")
+        for index, (name, display) in enumerate(zip(class_names, display_names, strict=True))
+    ]
+    if len(rows) > CLASSES_SHOWN:
+        rows = [*rows[:CLASSES_SHOWN], f"  ... and {len(rows) - CLASSES_SHOWN} more"]
+    return "\n".join(rows)

@@ -1,0 +1,55 @@
+"""`graft export` and `graft benchmark` end to end, in subprocesses, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.runner import graft
+from torchgraft.artifact import RUN_FILE, WEIGHTS_FILE
+
+
+def copy_run(run: Path, destination: Path) -> Path:
+    """graft.json and the weights only: the shared tiny run's folder stays untouched."""
+    destination.mkdir()
+    for name in (RUN_FILE, WEIGHTS_FILE):
+        shutil.copy2(run / name, destination / name)
+    return destination
+
+
+@pytest.mark.slow
+def test_export_all_checks_parity_then_benchmark_times_it(tiny_run: Path, tmp_path: Path) -> None:
+    run = copy_run(tiny_run, tmp_path / "run")
+    result = graft("export", "--run", str(run), "--all", "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    exports = run / "exports"
+    files = {"onnx": "model.onnx", "aoti": "model.pt2", "torchscript": "model.ts",
+             "onnx-int8": "model.int8.onnx"}  # fmt: skip
+    for name, file_name in files.items():
+        assert (exports / file_name).is_file()
+        assert re.search(rf"^{name}\s+{re.escape(file_name)}\s+100\.00%", result.stdout, re.M)
+    parity = json.loads((exports / "parity.json").read_text())
+    assert parity["passed"] and len(parity["formats"]) == 4
+    assert "uint8" in (exports / "README.md").read_text()
+
+    timed = graft("benchmark", "--run", str(run), "--batch-size", "4", "--seconds", "0.1", "-q")
+    assert timed.returncode == 0, timed.stderr[-3000:]
+    for engine in ("eager", "onnxruntime", "aoti"):
+        for batch in (1, 4):
+            assert re.search(rf"^{engine}\s+{batch}\s+\d+\.\d", timed.stdout, re.M), timed.stdout
+
+
+@pytest.mark.slow
+def test_export_usage_errors_exit_2(tiny_run: Path, tmp_path: Path) -> None:
+    run = copy_run(tiny_run, tmp_path / "run")
+    neither = graft("export", "--run", str(run))
+    assert neither.returncode == 2 and "--format NAME" in neither.stderr
+    typo = graft("export", "--run", str(run), "--format", "onx")
+    assert typo.returncode == 2 and "Did you mean 'onnx'?" in typo.stderr
+    missing = graft("export", "--run", str(tmp_path / "nothing"), "--all")
+    assert missing.returncode == 2 and "graft.json is missing" in missing.stderr
+    assert not (run / "exports").exists()
