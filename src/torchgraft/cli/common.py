@@ -1,0 +1,75 @@
+"""What every `graft` command shares: the typer app, option helpers, and `guard`, which turns
+torchgraft errors and Ctrl-C into a one-line message and an exit status."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import typer
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from torchgraft.config import (
+    default_of,
+)
+from torchgraft.errors import GraftError
+
+if TYPE_CHECKING:
+    pass
+
+app = typer.Typer(
+    name="graft",
+    help="torchgraft: train, fine-tune and use image classifiers, offline by default.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+T = TypeVar("T")
+
+
+def default_help(dotted: str) -> str:
+    """ "(default: X)" for help texts; settings whose default depends on the model say so."""
+    value = default_of(dotted)
+    return "" if value is None else f"(default: {value})"
+
+
+def flag(dotted: str, help_text: str) -> Any:
+    """An on/off option (--x/--no-x) whose absence means "use the config file or default"."""
+    name = dotted.split(".")[-1].replace("_", "-")
+    return typer.Option(
+        f"--{name}/--no-{name}", help=f"{help_text} {default_help(dotted)}", show_default=False
+    )
+
+
+def option(dotted: str, help_text: str, *flags: str) -> Any:
+    """A CLI option whose absence means "use the config file or the default"."""
+    return typer.Option(*flags, help=f"{help_text} {default_help(dotted)}", show_default=False)
+
+
+def guard(action: Callable[[], T], quiet: bool = False) -> T:
+    """Run `action`, turning torchgraft errors and Ctrl-C into a message and an exit status."""
+    configure_logging(quiet)
+    try:
+        with logging_redirect_tqdm():  # log lines print above progress bars, not through them
+            return action()
+    except GraftError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(error.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the best weights so far are kept in the run directory", err=True)
+        raise typer.Exit(130) from None
+
+
+def configure_logging(quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main() -> None:
+    app()

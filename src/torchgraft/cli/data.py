@@ -1,0 +1,107 @@
+"""`graft doctor` and `graft models`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from torchgraft.cli.common import app, guard
+
+if TYPE_CHECKING:
+    from torchgraft.data.audit import AuditReport
+
+
+@app.command()
+def doctor(
+    data: Annotated[
+        str,
+        typer.Argument(
+            help="A folder with one sub-folder per class (or train/ and val/ folders), a CSV "
+            "or JSON-lines file of (path, label), or a bundled set: mnist5k, digits.",
+            show_default=False,
+        ),
+    ],
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print only the full report as JSON.")
+    ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(min=0, help="Processes decoding and hashing images (0: this process)."),
+    ] = 2,
+    val_fraction: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.9,
+            help="Share of each class training holds out when there is no val/ folder "
+            "(says which duplicates land on both sides of that split).",
+        ),
+    ] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed of that automatic train/val split.")] = 0,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar; only the report.")
+    ] = False,
+) -> None:
+    """Audit a dataset: unreadable files, duplicates, leakage, imbalance, missing classes.
+
+    Exits 0 when the data is clean, 1 when it found problems, 2 for bad input.
+    """
+    from torchgraft import api
+
+    report = guard(
+        lambda: api.doctor(
+            data, val_fraction=val_fraction, seed=seed, workers=workers, quiet=quiet
+        ),
+        quiet or json_output,
+    )
+    if json_output:
+        import json
+
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        for line in _doctor_lines(report):
+            typer.echo(line)
+    raise typer.Exit(0 if report.is_clean else 1)
+
+
+_DOCTOR_SHOWN = 20  # findings shown per category; --json lists them all
+
+
+def _doctor_lines(report: AuditReport) -> list[str]:
+    """The human report: images per class and split, then the findings by category."""
+    from torchgraft.data.audit import CATEGORIES
+
+    splits = list(report.counts)
+    width = max(len(name) for name in [*report.class_names, "class", "total"])
+    header = f"{'class':<{width}}" + "".join(f"{split:>8}" for split in splits)
+    lines = [f"readable images per class and split in {report.source}"]
+    if report.automatic_split:
+        lines.append("(training draws val from these images, so they are audited as one split)")
+    lines.append(header)
+    for name in [*report.class_names, "total"]:
+        cells = [
+            sum(report.counts[split].values()) if name == "total" else report.counts[split][name]
+            for split in splits
+        ]
+        lines.append(f"{name:<{width}}" + "".join(f"{cell:>8}" for cell in cells))
+    findings = report.findings()
+    for category in CATEGORIES:
+        details = [finding.detail for finding in findings if finding.category == category]
+        if details:
+            lines += ["", f"{category} ({len(details)})" if len(details) > 1 else category]
+            lines += [f"  {detail}" for detail in details[:_DOCTOR_SHOWN]]
+        if len(details) > _DOCTOR_SHOWN:
+            lines.append(f"  ... and {len(details) - _DOCTOR_SHOWN} more (--json lists all)")
+    problems = len(report.problems())
+    lines += ["", f"{problems} problem(s) found" if problems else "no problems found"]
+    return lines
+
+
+@app.command("models")
+def list_models() -> None:
+    """List the registered backbones (any timm model name works too)."""
+    from torchgraft.models import get_spec, registered_names
+
+    for model_name in registered_names():
+        typer.echo(f"{model_name:<20} {get_spec(model_name).description}")

@@ -1,0 +1,182 @@
+"""`graft predict`, `graft export`, `graft benchmark` and `graft serve`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from torchgraft.cli.common import app, guard
+
+if TYPE_CHECKING:
+    from torchgraft.serve.predictor import Prediction
+
+
+@app.command()
+def predict(
+    images: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, folders (searched recursively) or quoted glob patterns such as "
+            "'photos/*.jpg'.",
+            show_default=False,
+        ),
+    ],
+    run: Annotated[Path, typer.Option(help="Run directory made by `graft train` (runs/NAME).")],
+    top_k: Annotated[int, typer.Option(min=1, help="How many classes to show per image.")] = 3,
+    class_names: Annotated[
+        Path | None,
+        typer.Option(help="JSON file mapping class names to display names (overrides the run's)."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write every image's top-k to this file instead of the screen: preds.csv "
+            "(one row per image) or preds.json (one record per image)."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 64,
+    device: Annotated[str, typer.Option(help="Device to run on (cpu, cuda, mps).")] = "cpu",
+) -> None:
+    """Classify images: the top-k classes, with display names and probabilities, for each.
+
+    Files that cannot be read are skipped with a warning (and listed with the reason in
+    --output); the exit status is 1 only when no image could be read.
+    """
+    from torchgraft import api
+    from torchgraft.serve.outputs import check_output_path, write_predictions
+
+    def classify() -> list[Prediction]:
+        if output is not None:
+            check_output_path(output)  # a bad suffix is refused before the model runs
+        records = api.predict(
+            run, images, top_k, device=device, class_names=class_names, batch_size=batch_size
+        )
+        if output is not None:
+            write_predictions(records, output)
+        return records
+
+    predictions = guard(classify)
+    read = [prediction for prediction in predictions if prediction.ok]
+    if output is None:
+        _print_predictions(read)
+    else:
+        typer.echo(f"wrote {len(predictions)} predictions to {output}")
+    skipped = len(predictions) - len(read)
+    if skipped:
+        typer.echo(f"{skipped} of {len(predictions)} images could not be read", err=True)
+    if not read:
+        raise typer.Exit(1)
+
+
+def _print_predictions(predictions: list[Prediction]) -> None:
+    for prediction in predictions:
+        typer.echo(prediction.source)
+        for rank, score in enumerate(prediction.top_k, start=1):
+            label = (
+                score.display_name
+                if score.display_name == score.class_name
+                else f"{score.display_name} ({score.class_name})"
+            )
+            typer.echo(f"  {rank}. {label:<30} {score.probability:7.2%}")
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Option(help="Run directory made by `graft train` (runs/NAME).")],
+    formats: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="Format to export, repeatable: onnx, aoti (AOTInductor .pt2, Python or C++), "
+            "torchscript (legacy), onnx-int8 (static quantization).",
+            show_default=False,
+        ),
+    ] = None,
+    all_formats: Annotated[bool, typer.Option("--all", help="Export every format.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Export to runs/NAME/exports/: uint8 images in, calibrated probabilities out.
+
+    Each file is checked against eager PyTorch on the run's validation images
+    (exports/parity.json); the export fails (exit 1) when a float format disagrees on any
+    top-1 or differs by more than 1e-4 (or 10x eager PyTorch's own float32 error, if that
+    is larger), or int8 loses more than 1 point of accuracy.
+    """
+    if bool(formats) == all_formats:
+        typer.echo("error: give --format NAME (repeatable) or --all, one of the two", err=True)
+        raise typer.Exit(2)
+    from torchgraft import api
+
+    report = guard(lambda: api.export(run, None if all_formats else formats, quiet=quiet), quiet)
+    typer.echo(f"parity on {report.results[0].images} images ({report.source}):")
+    typer.echo(f"{'format':<13}{'file':<17}{'top-1 agree':>12}{'max |diff|':>12}{'accuracy':>10}")
+    for result in report.results:
+        typer.echo(
+            f"{result.format:<13}{result.file:<17}{result.top1_agreement:>12.2%}"
+            f"{result.max_abs_diff:>12.1e}{result.accuracy:>10.2%}"
+        )
+    typer.echo(f"exported to {report.folder} (README.md there gives the input contract)")
+
+
+@app.command()
+def benchmark(
+    run: Annotated[Path, typer.Option(help="Run directory made by `graft train` (runs/NAME).")],
+    batch_size: Annotated[int, typer.Option(min=2, help="The batched case's batch size.")] = 64,
+    seconds: Annotated[
+        float, typer.Option(min=0.1, help="Time spent measuring each engine and batch size.")
+    ] = 2.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Images/s and p50/p95 latency: eager PyTorch, ONNX Runtime, AOTInductor.
+
+    Also the int8 and TorchScript exports if present; batch 1 and batched, on this machine,
+    with torch's thread count (set OMP_NUM_THREADS). Runs `graft export` for ONNX and
+    AOTInductor first when the run has no such exports yet.
+    """
+    from torchgraft import api
+
+    report = guard(lambda: api.benchmark(run, batch_size, seconds, quiet=quiet), quiet)
+    typer.echo(f"{report.threads} thread(s), random uint8 images")
+    typer.echo(f"{'engine':<18}{'batch':>6}{'images/s':>11}{'p50 ms':>10}{'p95 ms':>10}")
+    for timing in report.timings:
+        typer.echo(
+            f"{timing.engine:<18}{timing.batch_size:>6}{timing.images_per_second:>11.1f}"
+            f"{timing.p50_ms:>10.2f}{timing.p95_ms:>10.2f}"
+        )
+
+
+@app.command()
+def serve(
+    run: Annotated[Path, typer.Option(help="Run directory made by `graft train` (runs/NAME).")],
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (0.0.0.0: every network interface).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port to listen on.")] = 8000,
+    top_k: Annotated[
+        int, typer.Option(min=1, help="Classes per answer (a request may ask ?top_k=N).")
+    ] = 5,
+    class_names: Annotated[
+        Path | None,
+        typer.Option(help="JSON file mapping class names to display names (overrides the run's)."),
+    ] = None,
+    max_upload_mb: Annotated[
+        float, typer.Option(min=0.01, help="Largest upload accepted, in MB (larger: 413).")
+    ] = 10.0,
+    device: Annotated[str, typer.Option(help="Device to run on (cpu, cuda, mps).")] = "cpu",
+) -> None:
+    """Serve the model over HTTP, with a web page to try it.
+
+    A page at /, POST /predict (an image in, top-k JSON out), POST /explain (its Grad-CAM
+    overlay as PNG), GET /health. The model loads once; Ctrl-C stops the server.
+    """
+    from torchgraft import api
+
+    guard(
+        lambda: api.serve(
+            run, host, port, device=device, class_names=class_names, top_k=top_k,
+            max_upload_mb=max_upload_mb,
+        )
+    )  # fmt: skip

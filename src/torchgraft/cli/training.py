@@ -1,0 +1,320 @@
+"""`graft train` and `graft lr-find`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from torchgraft.cli.common import app, default_help, flag, guard, option
+from torchgraft.config import (
+    AUGMENTATIONS,
+    CACHE_MODES,
+    DEVICES,
+    MONITORS,
+    PRECISIONS,
+    RESIZE_MODES,
+)
+
+
+@app.command()
+def train(
+    data: Annotated[
+        str | None,
+        typer.Argument(
+            help="A folder with one sub-folder per class (or train/ and val/ folders), or a "
+            f"bundled set: mnist5k, digits. {default_help('data.source')}",
+            show_default=False,
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="YAML file with data/model/train sections; flags given here override it."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        option("model.name", "Backbone: efficientnet_lite0, mlp, cnn, or any timm model name."),
+    ] = None,
+    weights: Annotated[
+        str | None,
+        option(
+            "model.weights",
+            "Local pretrained weights file (.safetensors/.pth) for the backbone "
+            "(default: bundled weights, else the timm hub).",
+        ),
+    ] = None,
+    pretrained: Annotated[
+        bool | None,
+        typer.Option(
+            "--pretrained/--no-pretrained",
+            help="Start from pretrained weights. (default: pretrained)",
+            show_default=False,
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        option(
+            "train.epochs",
+            "Epochs fine-tuning the whole network "
+            "(default: 6 for a pretrained backbone, 10 from scratch).",
+        ),
+    ] = None,
+    freeze_epochs: Annotated[
+        int | None,
+        option(
+            "train.freeze_epochs",
+            "Epochs training only the new head on the frozen backbone (0: plain fine-tune).",
+        ),
+    ] = None,
+    lr: Annotated[
+        str | None,
+        option(
+            "train.lr",
+            "Peak learning rate of the head, one-cycle, or auto to run the lr finder first "
+            "(default: 2e-3 for a pretrained backbone, 1e-2 from scratch).",
+        ),
+    ] = None,
+    backbone_lr_divisor: Annotated[
+        float | None,
+        option(
+            "train.backbone_lr_divisor",
+            "Backbone learning rate is lr divided by this while fine-tuning.",
+        ),
+    ] = None,
+    weight_decay: Annotated[
+        float | None, option("train.weight_decay", "AdamW weight decay.")
+    ] = None,
+    layer_decay: Annotated[
+        float | None,
+        option(
+            "train.layer_decay",
+            "Layer-wise lr decay, e.g. 0.75: each block towards the input learns this much "
+            "slower than the one above (replaces the divisor; default: off).",
+        ),
+    ] = None,
+    batch_size: Annotated[int | None, option("data.batch_size", "Images per step.")] = None,
+    image_size: Annotated[
+        int | None,
+        option(
+            "data.image_size",
+            "Training resolution in pixels (default: the model's, e.g. 224; "
+            "64 for bundled digits, their own size from scratch).",
+        ),
+    ] = None,
+    resize: Annotated[
+        str | None, option("data.resize", f"Resize mode: {', '.join(RESIZE_MODES)}.")
+    ] = None,
+    augment: Annotated[
+        str | None, option("data.augment", f"Augmentation preset: {', '.join(AUGMENTATIONS)}.")
+    ] = None,
+    val_fraction: Annotated[
+        float | None,
+        option(
+            "data.val_fraction",
+            "Share of each class held out for validation when there is no val/ folder.",
+        ),
+    ] = None,
+    class_names: Annotated[
+        str | None,
+        option(
+            "data.class_names",
+            "JSON file mapping class folder names to display names "
+            "(cat_to_name.json; default: folder names).",
+        ),
+    ] = None,
+    num_workers: Annotated[
+        int | None,
+        option(
+            "data.num_workers", "Data-loading worker processes (keep workers + threads <= cores)."
+        ),
+    ] = None,
+    cache: Annotated[
+        str | None,
+        option(
+            "data.cache",
+            f"Decoded-image cache: {', '.join(CACHE_MODES)} (disk reuses decoding across runs).",
+        ),
+    ] = None,
+    cache_dir: Annotated[
+        str | None,
+        option(
+            "data.cache_dir",
+            "Folder for --cache disk (default: $TORCHGRAFT_CACHE or ~/.cache/torchgraft).",
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        option("train.seed", "Random seed for the split, initialisation and shuffling."),
+    ] = None,
+    device: Annotated[str | None, option("train.device", f"Device: {', '.join(DEVICES)}.")] = None,
+    name: Annotated[
+        str | None,
+        option(
+            "train.name",
+            "Run name, a folder under --runs-dir (default: <model>-<data>, numbered if taken).",
+        ),
+    ] = None,
+    runs_dir: Annotated[
+        str | None, option("train.runs_dir", "Parent folder for run directories.")
+    ] = None,
+    precision: Annotated[
+        str | None,
+        option(
+            "train.precision", f"Precision: {', '.join(PRECISIONS)} (auto: bf16 on GPUs with it)."
+        ),
+    ] = None,
+    channels_last: Annotated[
+        bool | None, flag("train.channels_last", "Channels-last memory layout.")
+    ] = None,
+    accumulate: Annotated[
+        int | None, option("train.accumulate", "Batches per optimizer step.")
+    ] = None,
+    grad_clip: Annotated[
+        float | None, option("train.grad_clip", "Clip the gradient norm to this (default: off).")
+    ] = None,
+    label_smoothing: Annotated[
+        float | None, option("train.label_smoothing", "Label smoothing, 0 to 0.5.")
+    ] = None,
+    class_weights: Annotated[
+        str | None,
+        option("train.class_weights", "Loss weights per class: none, or auto (inverse frequency)."),
+    ] = None,
+    mixup: Annotated[float | None, option("train.mixup", "MixUp alpha (0: off).")] = None,
+    cutmix: Annotated[float | None, option("train.cutmix", "CutMix alpha (0: off).")] = None,
+    ema_decay: Annotated[
+        float | None,
+        option(
+            "train.ema_decay",
+            "Keep an EMA of the weights with this decay, e.g. 0.999 (default: off).",
+        ),
+    ] = None,
+    early_stop: Annotated[
+        int | None,
+        option(
+            "train.early_stop", "Stop after this many epochs without improvement (default: off)."
+        ),
+    ] = None,
+    monitor: Annotated[
+        str | None,
+        option("train.monitor", f"Score for best weights and early stop: {', '.join(MONITORS)}."),
+    ] = None,
+    time_limit: Annotated[
+        str | None,
+        option(
+            "train.time_limit", "Stop cleanly after this long, e.g. 90s, 10m, 2h (default: none)."
+        ),
+    ] = None,
+    deterministic: Annotated[
+        bool | None,
+        flag("train.deterministic", "Deterministic algorithms (bitwise-repeatable CPU runs)."),
+    ] = None,
+    feature_cache: Annotated[
+        bool | None,
+        flag("train.feature_cache", "Keep frozen-backbone features on disk for later runs."),
+    ] = None,
+    feature_views: Annotated[
+        int | None,
+        option(
+            "train.feature_views",
+            "Frozen phase: features of K views per training image (1 plain + K-1 augmented).",
+        ),
+    ] = None,
+    tensorboard: Annotated[
+        bool | None, flag("train.tensorboard", "Write TensorBoard logs to the run's tensorboard/.")
+    ] = None,
+    report: Annotated[
+        bool | None,
+        flag("train.report", "At the end, evaluate and calibrate; write report.html."),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue runs/NAME from its last checkpoint (after Ctrl-C, a crash or kill -9); "
+            "with --epochs N, extend a finished run to N fine-tune epochs.",
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars; only the result.")
+    ] = False,
+) -> None:
+    """Train a classifier: a new head on a frozen backbone, then fine-tune the whole network."""
+    settings = {
+        key: value
+        for key, value in locals().items()
+        if value is not None and key not in ("config", "quiet", "resume")
+    }
+    if quiet:
+        settings["quiet"] = True
+    from torchgraft import api
+
+    if resume is not None:
+        extra = sorted(set(settings) - {"epochs", "quiet"})
+        if extra or config is not None or data is not None:
+            typer.echo(
+                "error: --resume continues a run as it was configured; only --epochs "
+                f"can change (got {', '.join(extra) or 'DATA/--config'})",
+                err=True,
+            )
+            raise typer.Exit(2)
+        run = guard(lambda: api.resume(resume, epochs=epochs, quiet=quiet), quiet)
+    else:
+        run = guard(lambda: api.train(config=config, **settings), quiet)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun, rank 0 speaks for all
+    accuracy = run.info.metrics.get("val_accuracy")
+    typer.echo(
+        f"run saved to {run.path}"
+        + (f" (validation accuracy {accuracy:.2%})" if accuracy is not None else "")
+    )
+
+
+@app.command("lr-find")
+def lr_find(
+    data: Annotated[
+        str | None,
+        typer.Argument(help="The data, as for `graft train`.", show_default=False),
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config, as for `graft train`.")] = None,
+    model: Annotated[str | None, option("model.name", "Backbone, as for `graft train`.")] = None,
+    weights: Annotated[
+        str | None, option("model.weights", "Local pretrained weights file.")
+    ] = None,
+    image_size: Annotated[
+        int | None, option("data.image_size", "Training resolution in pixels.")
+    ] = None,
+    batch_size: Annotated[int | None, option("data.batch_size", "Images per step.")] = None,
+    backbone_lr_divisor: Annotated[
+        float | None,
+        option("train.backbone_lr_divisor", "Backbone rate = head rate / this, as in training."),
+    ] = None,
+    weight_decay: Annotated[
+        float | None, option("train.weight_decay", "AdamW weight decay.")
+    ] = None,
+    seed: Annotated[int | None, option("train.seed", "Random seed.")] = None,
+    device: Annotated[str | None, option("train.device", f"Device: {', '.join(DEVICES)}.")] = None,
+    name: Annotated[str | None, option("train.name", "Run name for the plot's folder.")] = None,
+    runs_dir: Annotated[
+        str | None, option("train.runs_dir", "Parent folder for run directories.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Sweep the learning rate (the range test): plot, suggestion, and the command to use it.
+
+    The sweep runs the fine-tune set-up (backbone at lr / divisor) from the pretrained
+    weights, then puts the model back; `graft train --lr auto` does the same before training.
+    """
+    settings = {k: v for k, v in locals().items() if v is not None and k not in ("config", "quiet")}
+    settings["quiet"] = quiet
+    from torchgraft import api
+
+    run = guard(lambda: api.lr_find(config=config, **settings), quiet)
+    suggestion = run.info.metrics["lr_find_suggestion"]
+    typer.echo(f"suggested learning rate: {suggestion:.2e}")
+    typer.echo(f"plot: {run.path / 'figures' / 'lr_find.png'}")
+    typer.echo(
+        f"use it: graft train with the same options and --lr {suggestion:.2e} (or --lr auto)"
+    )
