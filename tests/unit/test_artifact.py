@@ -55,3 +55,11 @@ def test_loading_weights_never_unpickles(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(Exception):  # noqa: B017 - any refusal is fine, execution is not
         run.load_weights()
     assert not (tmp_path / "pwned").exists()
+
+
+def test_atomic_writes_get_ordinary_file_permissions(tmp_path: Path) -> None:
+    """Not mkstemp's owner-only 0600: a run must be readable by whoever serves it."""
+    atomic_write_bytes(tmp_path / "graft.json", b"{}")
+    (tmp_path / "plain.json").write_bytes(b"{}")
+    mode = os.stat(tmp_path / "graft.json").st_mode & 0o777
+    assert mode == os.stat(tmp_path / "plain.json").st_mode & 0o777
