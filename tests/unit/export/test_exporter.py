@@ -142,3 +142,6 @@ def test_float_tolerance_follows_eager_float32_error(exported: ExportReport) -> 
     assert exported.eager_float32_error < 1e-5 and exported.float_tolerance == FLOAT_TOLERANCE
     reference = Reference(np.zeros((1, 2)), np.zeros(1), float32_error=3e-4)
     assert reference.float_tolerance == pytest.approx(NOISE_FACTOR * 3e-4)
+    # Eager rounding below 1e-4 never loosens the 1e-4 (10 x 2e-5 would be 2e-4).
+    reference = Reference(np.zeros((1, 2)), np.zeros(1), float32_error=2e-5)
+    assert reference.float_tolerance == FLOAT_TOLERANCE
