@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from torchgraft.data import load_data
-from torchgraft.serve.bad_uploads import bad_uploads
+from torchgraft.testing import bad_uploads
 
 WARM_UP = 16  # requests before the clock starts (first calls build kernels and caches)
 

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from tests.e2e.runner import graft
@@ -61,3 +62,17 @@ def test_an_unknown_output_suffix_exits_2_before_predicting(tiny_run: Path, tmp_
                    cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2 and "must end in .csv or .json" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "preds.txt").exists()
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda"])
+def test_a_device_this_machine_lacks_exits_2_with_one_line(
+    tiny_run: Path, tmp_path: Path, device: str
+) -> None:
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    Image.fromarray(class_image(0, 32)).save(tmp_path / "x.png")
+    result = graft("predict", "x.png", "--run", str(tiny_run), "--device", device, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line
+    assert result.stderr.startswith(f"error: {'device ' if device == 'gpu' else ''}")
+    assert "cpu" in result.stderr and "Traceback" not in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import signal
 import socket
 import subprocess
@@ -10,9 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from tests.e2e.runner import GRAFT
-from torchgraft.serve.bad_uploads import encoded
+from torchgraft.testing import encoded_image
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +24,8 @@ def test_graft_serve_answers_and_stops_on_ctrl_c(tiny_run: Path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = subprocess.Popen(
-        [*GRAFT, "serve", "--run", str(tiny_run), "--port", str(port), "--top-k", "2"],
+        [*GRAFT, "serve", "--run", str(tiny_run), "--port", str(port), "--top-k", "2",
+         "--max-megapixels", "0.5"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -36,11 +39,16 @@ def test_graft_serve_answers_and_stops_on_ctrl_c(tiny_run: Path) -> None:
                 break
             except httpx.TransportError:
                 time.sleep(0.2)
-        assert health.json()["status"] == "ok"
+        assert health.json()["status"] == "ok" and health.json()["max_pixels"] == 500_000
         answer = httpx.post(
-            f"{url}/predict", files={"file": ("x.png", encoded("PNG"), "image/png")}
+            f"{url}/predict", files={"file": ("x.png", encoded_image("PNG"), "image/png")}
         )
         assert answer.status_code == 200 and len(answer.json()["top_k"]) == 2
+        big = io.BytesIO()
+        Image.new("L", (1000, 1000), 128).save(big, format="PNG")  # 1 megapixel, 1 KB
+        refused = httpx.post(f"{url}/predict", content=big.getvalue())
+        assert refused.status_code == 413 and "0.5 megapixels" in refused.json()["detail"]
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 200
     finally:
         server.send_signal(signal.SIGINT)
         output, _ = server.communicate(timeout=30)

@@ -34,6 +34,11 @@ class UnreadableImage(Exception):
         self.reason = reason
 
 
+class TooManyPixels(UnreadableImage):
+    """An image whose header declares more pixels than allowed, refused before decoding (a
+    server answers 413: the file is not broken, only too big to decode)."""
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     """What a successful decode learned about a file (for the data audit)."""
@@ -61,23 +66,42 @@ def decode_file(path: Path, channels: int) -> tuple[torch.Tensor, ImageInfo]:
 
 
 def decode_bytes(
-    data: bytes, channels: int, name: str = "upload"
+    data: bytes,
+    channels: int,
+    name: str = "upload",
+    *,
+    max_pixels: int = MAX_PIXELS,
+    draft_size: int | None = None,
 ) -> tuple[torch.Tensor, ImageInfo]:
     """Decode an image file held in memory (an HTTP upload) by the same rules as a file on disk;
-    `name` stands for it in the `UnreadableImage` message."""
+    `name` stands for it in the `UnreadableImage` message.
+
+    `max_pixels` (at most `MAX_PIXELS`) refuses bigger images from their header, before any
+    decoding, with `TooManyPixels`. `draft_size` lets a JPEG decode at 1/2, 1/4 or 1/8 scale
+    while both sides stay at least that long: far less time and memory for a big photo, but
+    not bit-identical to a full decode (the ImageInfo keeps the file's own size).
+    """
     if not data:
         raise UnreadableImage(Path(name), "empty file (0 bytes)")
-    return _decode(io.BytesIO(data), Path(name), channels)
+    return _decode(io.BytesIO(data), Path(name), channels, max_pixels, draft_size)
 
 
-def _decode(source: Path | BinaryIO, path: Path, channels: int) -> tuple[torch.Tensor, ImageInfo]:
+def _decode(
+    source: Path | BinaryIO,
+    path: Path,
+    channels: int,
+    max_pixels: int = MAX_PIXELS,
+    draft_size: int | None = None,
+) -> tuple[torch.Tensor, ImageInfo]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as image:
+            with Image.open(source) as image:  # reads the header only
                 info = ImageInfo(image.width, image.height, image.mode, image.format or "?")
-                _refuse_bombs(path, image)
+                _refuse_bombs(path, image, max_pixels)
                 image.seek(0)  # the first frame of an animation
+                if draft_size is not None:  # a no-op for formats other than JPEG
+                    image.draft("L" if channels == 1 else "RGB", (draft_size, draft_size))
                 upright = ImageOps.exif_transpose(image)
                 upright.load()
                 return pil_to_tensor(upright, channels), info
@@ -86,15 +110,23 @@ def _decode(source: Path | BinaryIO, path: Path, channels: int) -> tuple[torch.T
     except UnidentifiedImageError:
         raise UnreadableImage(path, "not an image (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UnreadableImage(path, "decompression bomb (too many pixels)") from None
+        raise TooManyPixels(path, f"decompression bomb (over {MAX_PIXELS} pixels)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:  # Pillow's corrupt-data errors
         raise UnreadableImage(path, f"truncated or corrupt ({_first_line(error)})") from None
 
 
-def _refuse_bombs(path: Path, image: Image.Image) -> None:
-    if image.width * image.height > MAX_PIXELS:
-        raise UnreadableImage(
-            path, f"decompression bomb ({image.width}x{image.height} pixels, limit {MAX_PIXELS})"
+def _refuse_bombs(path: Path, image: Image.Image, max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse an image too big to decode, from the size its header declares."""
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise TooManyPixels(
+            path, f"decompression bomb ({width}x{height} pixels, limit {MAX_PIXELS})"
+        )
+    if width * height > max_pixels:
+        raise TooManyPixels(
+            path,
+            f"{width}x{height} pixels ({width * height / 1e6:.1f} megapixels) is over the limit "
+            f"of {max_pixels / 1e6:.1f} megapixels",
         )
 
 

@@ -21,6 +21,7 @@ import torch
 
 from torchgraft.artifact import Run
 from torchgraft.data import UnreadableImage, eval_transform, load_display_names
+from torchgraft.devices import check_device
 from torchgraft.errors import UserError
 from torchgraft.models import load_model
 from torchgraft.serve.inputs import ImageInput, as_image_list, describe, to_uint8_tensor
@@ -91,7 +92,7 @@ class Predictor:
             raise UserError(f"batch size must be at least 1, got {batch_size}")
         self.run = run
         self.info = run.info
-        self.device = torch.device(device)
+        self.device = check_device(device)  # before loading: "gpu" or no CUDA is a UserError
         self.batch_size = batch_size
         # Channels-last convolutions made batched CPU prediction 1.7x faster here (EfficientNet,
         # benchmarks/batch_predict.py); on GPUs leave the choice to the caller.
@@ -151,6 +152,7 @@ class Predictor:
     ) -> tuple[list[Prediction], np.ndarray]:
         """The records of `predict` and the (N, num_classes) probabilities, row for row
         (a skipped image's row is NaN)."""
+        check_top_k(top_k)
         items = as_image_list(images)
         probabilities, errors = self._probabilities(items, skip_unreadable=True)
         k = min(top_k, self.info.num_classes)
@@ -163,6 +165,7 @@ class Predictor:
         return records, probabilities
 
     def top_classes(self, probabilities: np.ndarray, k: int) -> list[ClassScore]:
+        check_top_k(k)
         order = np.argsort(-probabilities, kind="stable")[:k]
         return [
             ClassScore(self.info.class_names[i], self.display_names[i], float(probabilities[i]))
@@ -193,3 +196,9 @@ class Predictor:
             if kept:
                 result[kept] = self.classify(torch.stack(pixels))
         return result, errors
+
+
+def check_top_k(top_k: int) -> None:
+    """Refuse a top_k that would list nothing (0) or slice from the end (negative)."""
+    if top_k < 1:
+        raise UserError(f"top_k must be at least 1 (how many classes to list), got {top_k}")

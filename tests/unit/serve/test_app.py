@@ -1,20 +1,27 @@
-"""The HTTP app through FastAPI's TestClient: answers, refusals, and concurrent requests."""
+"""The HTTP app through FastAPI's TestClient: answers, refusals, limits, concurrent requests."""
 
 from __future__ import annotations
 
 import io
+import json
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from torchgraft import api
-from torchgraft.serve.app import create_app
-from torchgraft.serve.bad_uploads import bad_uploads, encoded
-from torchgraft.testing import DEFAULT_CLASSES, class_image
+from torchgraft.data.decode import decode_bytes
+from torchgraft.errors import UserError
+from torchgraft.serve.app import Workers, create_app
+from torchgraft.testing import DEFAULT_CLASSES, bad_uploads, class_image, encoded_image
 
 
 def png(label: int, seed: int = 0) -> bytes:
@@ -84,13 +91,16 @@ def test_bad_uploads_get_a_4xx_and_the_server_keeps_answering(client: TestClient
     assert client.post("/predict", content=png(1), headers={"content-type": "image/png"}).is_success
 
 
-def test_there_are_twenty_distinct_bad_uploads() -> None:
-    names = [bad.name for bad in bad_uploads()]
-    assert len(names) == len(set(names)) == 20
+def test_explain_refuses_bad_uploads_as_predict_does(client: TestClient) -> None:
+    for bad in bad_uploads():
+        answer = client.post("/explain", **bad.request)
+        assert answer.status_code in bad.statuses, (bad.name, answer.text)
+        assert answer.json()["detail"]
+    assert client.get("/health").status_code == 200
 
 
 def test_the_upload_limit_is_configurable(tiny_run: Path) -> None:
-    image = encoded("PNG", size=256)
+    image = encoded_image("PNG", size=256)
     with TestClient(create_app(tiny_run, max_upload_bytes=len(image) - 1)) as small:
         refused = small.post("/predict", content=image, headers={"content-type": "image/png"})
         assert refused.status_code == 413 and "limit" in refused.json()["detail"]
@@ -115,3 +125,131 @@ def test_concurrent_requests_get_the_answers_sequential_ones_get(client: TestCli
         assert [s["class_name"] for s in one] == [s["class_name"] for s in other]
         for a, b in zip(one, other, strict=True):
             assert a["probability"] == pytest.approx(b["probability"], abs=1e-5)
+
+
+def single_colour(format_name: str, side: int) -> bytes:
+    """A side x side image of one colour: a few KB on disk, side**2 pixels decoded."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (200, 40, 40)).save(buffer, format=format_name)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("format_name", ["PNG", "JPEG"])
+def test_an_image_over_the_pixel_limit_is_refused_before_decoding(
+    client: TestClient, format_name: str
+) -> None:
+    image = single_colour(format_name, 6000)  # 36 megapixels, over the default 25
+    assert len(image) < 1_000_000  # far under the upload limit: only the pixels are too many
+    answer = client.post("/predict", files={"file": ("big.img", image, "image/png")})
+    assert answer.status_code == 413
+    detail = answer.json()["detail"]
+    assert "big.img" in detail and "6000x6000" in detail and "25.0 megapixels" in detail
+    assert client.get("/health").status_code == 200
+    assert (
+        client.post("/explain", content=image, headers={"content-type": "image/png"}).status_code
+        == 413
+    )
+
+
+def test_the_pixel_limit_is_configurable_and_checked(tiny_run: Path) -> None:
+    image = single_colour("PNG", 100)
+    with TestClient(create_app(tiny_run, max_pixels=100 * 100 - 1)) as small:
+        assert small.get("/health").json()["max_pixels"] == 9999
+        refused = small.post("/predict", content=image, headers={"content-type": "image/png"})
+        assert refused.status_code == 413 and "100x100" in refused.json()["detail"]
+    with TestClient(create_app(tiny_run, max_pixels=100 * 100)) as exact:
+        assert exact.post(
+            "/predict", content=image, headers={"content-type": "image/png"}
+        ).is_success
+    with pytest.raises(UserError, match=r"pixel limit 0 \(0 megapixels\): choose from 1 to"):
+        create_app(tiny_run, max_pixels=0)
+
+
+def test_a_big_jpeg_decodes_at_reduced_scale_and_predicts_like_the_file(
+    client: TestClient, tiny_run: Path
+) -> None:
+    small = Image.fromarray(class_image(1, 32, seed=21))
+    buffer = io.BytesIO()
+    small.resize((4000, 3000), Image.Resampling.BICUBIC).save(buffer, format="JPEG", quality=90)
+    photo = buffer.getvalue()  # 12 megapixels: under the limit
+    drafted, info = decode_bytes(photo, 3, draft_size=64)
+    assert (info.width, info.height) == (4000, 3000)
+    assert tuple(drafted.shape) == (3, 375, 500)  # decoded at 1/8 scale, still over 64 px
+    answer = client.post("/predict", content=photo, headers={"content-type": "image/jpeg"})
+    assert answer.status_code == 200
+    (expected,) = api.predict(tiny_run, photo, top_k=2)  # a full decode, as in training
+    assert answer.json()["class_name"] == expected.class_name == "square"
+    assert answer.json()["probability"] == pytest.approx(expected.probability, abs=0.05)
+
+
+def test_workers_run_at_most_their_count_at_once() -> None:
+    workers, lock = Workers(2), threading.Lock()
+    running, most = 0, 0
+
+    def work() -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.02)
+        with lock:
+            running -= 1
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            for _ in range(8):
+                group.start_soon(workers.run, work)
+
+    anyio.run(main)
+    assert most == 2
+
+
+async def post_in_chunks(
+    app: FastAPI, content_type: str, chunks: list[bytes]
+) -> tuple[int, dict[str, Any], int]:
+    """POST /predict straight through ASGI, the body in chunks with no Content-Length (as
+    `Transfer-Encoding: chunked` arrives): the status, the JSON answer, and how many chunks
+    the app read."""
+    sent: list[dict[str, Any]] = []
+    read = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal read
+        read += 1
+        more = read < len(chunks)
+        return {"type": "http.request", "body": chunks[read - 1], "more_body": more}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
+        "root_path": "", "headers": [(b"content-type", content_type.encode())],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+    await app(scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(body), read
+
+
+@pytest.mark.parametrize("form", [False, True], ids=["raw body", "multipart form"])
+def test_a_chunked_upload_over_the_limit_is_refused_while_it_streams(
+    tiny_run: Path, form: bool
+) -> None:
+    limit, chunk = 64 * 1024, b"\xff" * 16 * 1024
+    chunks = [chunk] * 64  # 1 MB in all, sixteen times the limit, never announced up front
+    content_type = "image/jpeg"
+    if form:
+        boundary = "chunked-boundary"
+        content_type = f"multipart/form-data; boundary={boundary}"
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            'filename="big.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+        ).encode()
+        chunks = [head, *chunks, f"\r\n--{boundary}--\r\n".encode()]
+    app = create_app(tiny_run, max_upload_bytes=limit)
+    status, answer, read = anyio.run(post_in_chunks, app, content_type, chunks)
+    assert status == 413 and "limit" in answer["detail"]
+    assert read <= limit // len(chunk) + 2  # stopped reading soon after the limit

@@ -10,9 +10,8 @@ from PIL import Image
 
 from torchgraft import api
 from torchgraft.errors import UserError
-from torchgraft.serve.bad_uploads import encoded
 from torchgraft.serve.predictor import Predictor
-from torchgraft.testing import class_image
+from torchgraft.testing import class_image, encoded_image
 
 
 @pytest.fixture
@@ -24,7 +23,7 @@ def photos(tmp_path: Path) -> Path:
     Image.fromarray(class_image(1, 32, seed=2)).save(root / "a.png")
     Image.fromarray(class_image(2, 32, seed=3)).save(root / "nested" / "c.jpg")
     (root / "notes.txt").write_text("not an image, and not an image suffix either")
-    (root / "broken.png").write_bytes(encoded("PNG")[:100])
+    (root / "broken.png").write_bytes(encoded_image("PNG")[:100])
     return root
 
 

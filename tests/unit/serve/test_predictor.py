@@ -70,3 +70,25 @@ def test_prediction_uses_the_runs_resize_mode(tmp_path: Path) -> None:
     pixels = api.predictor(run.path).preprocess(wide)
     assert pixels.shape == (3, 32, 32)
     assert pixels[:, 0, :].max() == 0 and pixels[:, 16, :].min() == 255  # letterboxed, not cut
+
+
+@pytest.mark.parametrize("top_k", [0, -1])
+def test_a_top_k_below_one_is_a_user_error(tiny_run: Path, top_k: int) -> None:
+    predictor = api.predictor(tiny_run)
+    with pytest.raises(UserError, match=f"top_k must be at least 1.*got {top_k}"):
+        predictor.predict(class_image(0, 32), top_k=top_k)
+    with pytest.raises(UserError, match="top_k must be at least 1"):
+        predictor.top_classes(np.full(3, 1 / 3), top_k)
+
+
+def test_an_unknown_device_is_a_user_error(tiny_run: Path) -> None:
+    with pytest.raises(
+        UserError, match=r"device 'gpu': choose cpu, cuda, mps\. Did you mean 'cuda'"
+    ):
+        api.predictor(tiny_run, device="gpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_cuda_without_a_cuda_device_is_a_user_error(tiny_run: Path) -> None:
+    with pytest.raises(UserError, match="cuda: torch sees no CUDA device here"):
+        api.predictor(tiny_run, device="cuda")

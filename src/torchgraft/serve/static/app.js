@@ -8,6 +8,11 @@ const errorBox = document.getElementById("error");
 let previewUrl = null;
 let overlayUrl = null;
 let canExplain = false;
+// Two quick uploads can be answered out of order (a big photo decodes slower than a small
+// one). Only the latest upload may draw: each upload takes a number, aborts the requests
+// still running for the one before, and every answer checks its number before drawing.
+let latest = 0;
+let pending = null; // the AbortController of the latest upload's requests
 
 async function showModel() {
   const response = await fetch("/health");
@@ -63,29 +68,43 @@ function showPrediction(file, result) {
   document.getElementById("result").hidden = false;
 }
 
-async function classify(file) {
+// Start classifying `file`, superseding any upload still in progress.
+function upload(file) {
+  if (pending) pending.abort();
+  pending = new AbortController();
+  const ticket = { number: ++latest, signal: pending.signal };
+  classify(file, ticket).catch((e) => {
+    // An aborted request belongs to a superseded upload: nothing to show.
+    if (e.name !== "AbortError" && ticket.number === latest) showError(String(e));
+  });
+}
+
+async function classify(file, ticket) {
   errorBox.hidden = true;
   document.getElementById("explanation").hidden = true;
   const form = new FormData();
   form.append("file", file, file.name);
   // A refused upload (400, 413, 415) is shown on the page with the server's reason.
-  const response = await fetch("/predict", { method: "POST", body: form });
+  const response = await fetch("/predict", { method: "POST", body: form, signal: ticket.signal });
   const body = await response.json();
+  if (ticket.number !== latest) return;
   if (!response.ok) {
     showError(`Could not classify ${file.name}: ${body.detail}`);
     return;
   }
   showPrediction(file, body);
-  if (canExplain) await showExplanation(form);
+  if (canExplain) await showExplanation(form, ticket);
 }
 
 // Grad-CAM: the server draws where the network looked; only asked for when /health says the
 // model supports it (a convolutional backbone).
-async function showExplanation(form) {
-  const response = await fetch("/explain", { method: "POST", body: form });
+async function showExplanation(form, ticket) {
+  const response = await fetch("/explain", { method: "POST", body: form, signal: ticket.signal });
   if (!response.ok) return;
+  const overlay = await response.blob();
+  if (ticket.number !== latest) return;
   if (overlayUrl) URL.revokeObjectURL(overlayUrl);
-  overlayUrl = URL.createObjectURL(await response.blob());
+  overlayUrl = URL.createObjectURL(overlay);
   document.getElementById("overlay").src = overlayUrl;
   document.getElementById("explanation").hidden = false;
 }
@@ -94,7 +113,7 @@ input.addEventListener("change", () => {
   if (!input.files.length) return;
   const file = input.files[0];
   input.value = ""; // so that picking the same file again classifies it again
-  classify(file).catch((e) => showError(String(e)));
+  upload(file);
 });
 drop.addEventListener("dragover", (event) => {
   event.preventDefault();
@@ -105,6 +124,6 @@ drop.addEventListener("drop", (event) => {
   event.preventDefault();
   drop.classList.remove("over");
   const file = event.dataTransfer.files[0];
-  if (file) classify(file).catch((e) => showError(String(e)));
+  if (file) upload(file);
 });
 showModel().catch((e) => showError(`The server did not answer: ${e}`));

@@ -1,0 +1,44 @@
+"""Checking a device before anything is put on it: a typo or a missing GPU is a message that
+says what to choose, not a traceback from deep inside torch.
+
+Low in the import order (it needs only torch and `errors`), so serving can use it without
+importing the training code.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from torchgraft.errors import UserError, did_you_mean
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device that exists on this machine, or a UserError."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        resolved = None
+    if resolved is None or resolved.type not in DEVICE_TYPES:
+        name = str(device)
+        # "gpu" is one letter from "cpu", but whoever types it means an NVIDIA GPU
+        is_gpu = name.lower() == "gpu"
+        hint = " Did you mean 'cuda'?" if is_gpu else did_you_mean(name, DEVICE_TYPES)
+        raise UserError(f"device {name!r}: choose {', '.join(DEVICE_TYPES)}.{hint}")
+    if resolved.type == "cuda":
+        _check_cuda(resolved)
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("mps: torch sees no Apple GPU (MPS) here; use cpu")
+    return resolved
+
+
+def _check_cuda(device: torch.device) -> None:
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise UserError(
+            "cuda: torch sees no CUDA device here; use cpu (or install a CUDA build of torch "
+            "on a machine with an NVIDIA GPU)"
+        )
+    if device.index is not None and device.index >= count:
+        raise UserError(f"{device}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
