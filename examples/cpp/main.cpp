@@ -49,12 +49,20 @@ at::Tensor read_netpbm(const std::string& path) {
   return pixels.permute({2, 0, 1}).contiguous();
 }
 
+// RGB {3, H, W} to grey {1, H, W} exactly as Python does it (Pillow's convert("L")): ITU-R
+// 601 luma 0.299 R + 0.587 G + 0.114 B in 16-bit fixed point, rounded half up. A plain mean
+// would hand a grey model other pixels than it was trained and checked on.
+at::Tensor luma(const at::Tensor& rgb) {
+  at::Tensor wide = rgb.to(at::kInt);
+  at::Tensor sum = wide[0] * 19595 + wide[1] * 38470 + wide[2] * 7471 + 0x8000;
+  return sum.div(65536, "floor").to(at::kByte).unsqueeze(0);
+}
+
 // The image with the model's channels and size. Making the file at the training size (as
 // the README shows) is exact; stretching here is a fallback that ignores the resize mode.
 at::Tensor fit_to_model(at::Tensor image, int64_t channels, int64_t size) {
   if (image.size(0) != channels) {
-    image = channels == 1 ? image.to(at::kFloat).mean(0, true).round().to(at::kByte)
-                          : image.expand({3, -1, -1});
+    image = channels == 1 ? luma(image) : image.expand({3, -1, -1});
   }
   if (image.size(1) != size || image.size(2) != size) {
     std::cerr << "note: stretching the " << image.size(2) << "x" << image.size(1)

@@ -8,6 +8,7 @@ predictions = api.predict(run, ["digit.png"], top_k=3)
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -79,9 +80,18 @@ def resume(run: Run | str | Path, epochs: int | None = None, quiet: bool | None 
 
 
 def _with_report(run: Run, report: bool, quiet: bool) -> Run:
-    """Training ends with an evaluation: calibration, figures, report.html (rank 0 only)."""
+    """Training ends with an evaluation: calibration, figures, report.html (rank 0 only).
+
+    The weights are saved by then, so a failure here is a warning, not a failed training.
+    """
     if report and int(os.environ.get("RANK", "0")) == 0:
-        evaluate(run, quiet=quiet)
+        try:
+            evaluate(run, quiet=quiet)
+        except Exception as error:  # anything: the trained run must still be returned
+            logging.getLogger(__name__).warning(
+                "training finished, but the evaluation failed (%s); run `graft evaluate --run "
+                "%s` to retry", error, run.path,
+            )  # fmt: skip
     return run
 
 
@@ -99,7 +109,7 @@ def evaluate(
 
 def explain(
     run: Run | str | Path,
-    images: Iterable[str | Path],
+    images: str | Path | Iterable[str | Path],
     *,
     class_name: str | None = None,
     output_dir: str | Path | None = None,
@@ -108,7 +118,8 @@ def explain(
     PNGs (image and overlay side by side) in RUN/figures/gradcam or `output_dir`."""
     from torchgraft.explain import explain_images
 
-    return explain_images(load_run(run), list(images), class_name, output_dir)
+    files = [images] if isinstance(images, (str, Path)) else list(images)
+    return explain_images(load_run(run), files, class_name, output_dir)
 
 
 def load_run(run: Run | str | Path) -> Run:
@@ -202,22 +213,29 @@ def serve(
     class_names: str | Path | None = None,
     top_k: int = 5,
     max_upload_mb: float = 10.0,
+    max_megapixels: float = 25.0,
 ) -> None:
-    """Serve the run over HTTP until Ctrl-C: POST /predict, GET /health, and a page at GET /.
+    """Serve the run over HTTP until Ctrl-C: POST /predict (top-k JSON), POST /explain (the
+    Grad-CAM overlay as PNG, for models with a spatial feature map), GET /health, and a page
+    at GET / to try it.
 
-    The model loads once, before the server starts listening."""
+    The model loads once, before the server starts listening. Uploads over `max_upload_mb`
+    or images over `max_megapixels` (read from the header, before decoding) get 413. About
+    one upload per CPU decodes at a time; beyond 64 open connections uvicorn answers 503
+    (`serve.app.MAX_CONNECTIONS`), which bounds the memory that waiting uploads hold."""
     import uvicorn
 
-    from torchgraft.serve.app import create_app
+    from torchgraft.serve.app import MAX_CONNECTIONS, create_app
 
     app = create_app(
         predictor(run, device, class_names),
         top_k=top_k,
         max_upload_bytes=int(max_upload_mb * 2**20),
+        max_pixels=round(max_megapixels * 1e6),
     )
     # uvicorn shuts down gracefully on Ctrl-C, then re-raises it: stopping is not an error.
     with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        uvicorn.run(app, host=host, port=port, log_level="info", limit_concurrency=MAX_CONNECTIONS)
 
 
 def doctor(

@@ -160,8 +160,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 @functools.cache
 def _umask() -> int:
-    """The process's umask (reading it means setting it, so set it straight back, once)."""
-    current = os.umask(0o022)
+    """The process's umask: from /proc on Linux, else by setting it and straight back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    current = os.umask(0o022)  # a brief window where another thread could see 022
     os.umask(current)
     return current
 

@@ -14,7 +14,9 @@ from PIL import Image
 
 from torchgraft import api
 from torchgraft.artifact import RUN_FILE, WEIGHTS_FILE, Run
+from torchgraft.export.aoti import export_aoti
 from torchgraft.export.images import parity_images
+from torchgraft.export.model import METADATA_PREFIX, ExportInputs, ProbabilityModel
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "cpp"
 TOP1 = re.compile(r"^top-1: (.*) \((\d\.\d{6})\)$", re.M)
@@ -33,6 +35,12 @@ def build_example(build: Path) -> Path:
     return build / "graft_classify"
 
 
+@pytest.fixture(scope="module")
+def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """graft_classify, built once for the tests here."""
+    return build_example(tmp_path_factory.mktemp("cpp") / "build")
+
+
 def classify(program: Path, model: Path, image: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(program), str(model), str(image)], capture_output=True, text=True, timeout=120
@@ -40,13 +48,14 @@ def classify(program: Path, model: Path, image: Path) -> subprocess.CompletedPro
 
 
 @pytest.mark.slow
-def test_cpp_example_prints_the_same_top1_as_python(tiny_run: Path, tmp_path: Path) -> None:
+def test_cpp_example_prints_the_same_top1_as_python(
+    tiny_run: Path, tmp_path: Path, program: Path
+) -> None:
     (tmp_path / "run").mkdir()
     for name in (RUN_FILE, WEIGHTS_FILE):
         shutil.copy2(tiny_run / name, tmp_path / "run" / name)
     run = Run.load(tmp_path / "run")
     model = api.export(run, "aoti", quiet=True).folder / "model.pt2"
-    program = build_example(tmp_path / "build")
 
     # Validation images at the training size, as exports/README.md says to write them.
     images = []
@@ -71,3 +80,39 @@ def test_cpp_example_prints_the_same_top1_as_python(tiny_run: Path, tmp_path: Pa
     broken.write_bytes(b"P6\n32 32\n255\n" + bytes(10))
     result = classify(program, model, broken)
     assert result.returncode == 1 and "is truncated" in result.stderr
+
+
+class GreyProbe(torch.nn.Module):
+    """A 1-channel "classifier" whose top-1 class is the value of the first pixel it gets."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        value = images.flatten(1)[:, :1].float()
+        return -((torch.arange(256, dtype=torch.float32) - value) ** 2)
+
+
+@pytest.mark.slow
+def test_colour_image_for_a_grey_model_is_converted_as_pillow_does(
+    tmp_path: Path, program: Path
+) -> None:
+    metadata = {
+        "image_size": "1",
+        "channels": "1",
+        "display_names": "\n".join(map(str, range(256))),
+    }
+    inputs = ExportInputs(
+        model=ProbabilityModel(GreyProbe(), temperature=1.0).eval(),
+        example=torch.zeros((2, 1, 1, 1), dtype=torch.uint8),
+        metadata={METADATA_PREFIX + key: value for key, value in metadata.items()},
+        calibration_images=lambda: np.zeros((0, 1, 1, 1), dtype=np.uint8),
+    )
+    model = tmp_path / "probe.pt2"
+    export_aoti(inputs, model)
+    # Pure red: a plain mean gives 85, ITU-R 601 luma 76. The others are where rounding
+    # 0.299 R + 0.587 G + 0.114 B in float32 misses Pillow's fixed-point result by one.
+    for colour in ((255, 0, 0), (92, 224, 136), (17, 179, 196), (176, 30, 169)):
+        image = Image.new("RGB", (1, 1), colour)
+        image.save(tmp_path / "colour.ppm")
+        expected = image.convert("L").getpixel((0, 0))  # what Python's decoding feeds the model
+        result = classify(program, model, tmp_path / "colour.ppm")
+        assert result.returncode == 0, result.stderr
+        assert TOP1.search(result.stdout).group(1) == str(expected), colour  # type: ignore[union-attr]

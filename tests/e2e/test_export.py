@@ -53,3 +53,25 @@ def test_export_usage_errors_exit_2(tiny_run: Path, tmp_path: Path) -> None:
     missing = graft("export", "--run", str(tmp_path / "nothing"), "--all")
     assert missing.returncode == 2 and "graft.json is missing" in missing.stderr
     assert not (run / "exports").exists()
+
+
+@pytest.mark.slow
+def test_export_all_without_a_compiler_still_exports_and_records_the_rest(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = copy_run(tiny_run, tmp_path / "run")
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))  # aoti's compiler, as on a slim server
+    result = graft("export", "--run", str(run), "--all", "--quiet")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert (
+        "aoti (model.pt2) needs a C++ compiler" in result.stderr
+        and "Traceback" not in result.stderr
+    )
+    exports = run / "exports"
+    parity = json.loads((exports / "parity.json").read_text())
+    assert {name: entry["passed"] for name, entry in parity["formats"].items()} == {
+        "onnx": True, "aoti": False, "torchscript": True, "onnx-int8": True
+    }  # fmt: skip
+    assert not (exports / "model.pt2").exists()
+    for file_name in ("model.onnx", "model.ts", "model.int8.onnx", "README.md"):
+        assert (exports / file_name).is_file(), file_name

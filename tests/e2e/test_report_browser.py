@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.runner import graft
-
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
@@ -31,16 +29,3 @@ def test_report_opens_offline_with_the_confusion_matrix_and_per_class_table(
     assert [row.split("\t")[0] for row in rows[: len(names)]] == names
     assert any(row.startswith("macro average") for row in rows)
     assert page.locator("#reliability-diagram").is_visible()
-
-
-def test_graft_explain_saves_overlays(tiny_run: Path, tmp_path: Path) -> None:
-    from PIL import Image
-
-    from torchgraft.testing import class_image
-
-    Image.fromarray(class_image(1, 32, seed=5)).save(tmp_path / "square.png")
-    result = graft("explain", str(tmp_path / "square.png"), "--run", str(tiny_run),
-                   "--output-dir", str(tmp_path / "cams"))  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert "square.png: square" in result.stdout
-    assert (tmp_path / "cams" / "square.gradcam.png").is_file()

@@ -6,18 +6,13 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import typer
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from torchgraft.config import (
-    default_of,
-)
+from torchgraft.config import default_of
 from torchgraft.errors import GraftError
-
-if TYPE_CHECKING:
-    pass
 
 app = typer.Typer(
     name="graft",

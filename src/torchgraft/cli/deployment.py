@@ -134,7 +134,11 @@ def benchmark(
 
     Also the int8 and TorchScript exports if present; batch 1 and batched, on this machine,
     with torch's thread count (set OMP_NUM_THREADS). Runs `graft export` for ONNX and
-    AOTInductor first when the run has no such exports yet.
+    AOTInductor first when the run has no such exports yet (or only stale ones).
+
+    Security: this loads RUN/exports/model.pt2 (a native shared library) and model.ts
+    (pickle-based TorchScript), which are code: benchmark only runs whose exports you made
+    or trust. .onnx files and the run's safetensors weights are data.
     """
     from torchgraft import api
 
@@ -165,6 +169,14 @@ def serve(
     max_upload_mb: Annotated[
         float, typer.Option(min=0.01, help="Largest upload accepted, in MB (larger: 413).")
     ] = 10.0,
+    max_megapixels: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            help="Largest image accepted, in megapixels, read from its header before decoding "
+            "(larger: 413). At most 89 (Pillow's decompression-bomb limit).",
+        ),
+    ] = 25.0,
     device: Annotated[str, typer.Option(help="Device to run on (cpu, cuda, mps).")] = "cpu",
 ) -> None:
     """Serve the model over HTTP, with a web page to try it.
@@ -177,6 +189,6 @@ def serve(
     guard(
         lambda: api.serve(
             run, host, port, device=device, class_names=class_names, top_k=top_k,
-            max_upload_mb=max_upload_mb,
+            max_upload_mb=max_upload_mb, max_megapixels=max_megapixels,
         )
     )  # fmt: skip

@@ -17,6 +17,7 @@ from torchgraft.data.sources import (
     load_display_names,
     stratified_split,
 )
+from torchgraft.data.splits import load_run_splits
 from torchgraft.data.transforms import (
     augmentation,
     eval_transform,
@@ -42,6 +43,7 @@ __all__ = [
     "load_data",
     "load_display_names",
     "load_image",
+    "load_run_splits",
     "make_loader",
     "pil_to_tensor",
     "resize_transform",

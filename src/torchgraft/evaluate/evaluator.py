@@ -18,14 +18,20 @@ import torch
 
 from torchgraft.artifact import Run, atomic_write_bytes
 from torchgraft.config import config_from_dict
-from torchgraft.data import LabeledImages, decode_split, load_data, make_loader, split_datasets
+from torchgraft.data import (
+    LabeledImages,
+    decode_split,
+    load_data,
+    load_run_splits,
+    make_loader,
+    split_datasets,
+)
 from torchgraft.errors import UserError
 from torchgraft.evaluate.calibration import expected_calibration_error, fit_temperature
 from torchgraft.evaluate.figures import reliability_bins
 from torchgraft.evaluate.metrics import Metrics, classification_metrics
 from torchgraft.evaluate.tta import apply_view, tta_views
 from torchgraft.models import load_model
-from torchgraft.train.setup import load_run_splits
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +42,8 @@ TOP_LOSSES = 12
 @dataclass
 class TopLoss:
     index: int  # position among the evaluated images
+    true_index: int  # label index of the true class
+    predicted_index: int  # ... and of the predicted one
     source: str  # the file (or "validation image N" for bundled arrays)
     true_class: str
     predicted_class: str
@@ -99,8 +107,9 @@ def evaluate_run(
         expected_calibration_error((plain / temperature).softmax(1), labels),
         views, accuracy(plain, labels),
         top_losses(probabilities, labels, scored.sources, run.info.display_names),
+        # The same probabilities as the two ECE numbers: the plain view, before and after T.
         {"before": reliability_bins(plain.softmax(1), labels),
-         "after": reliability_bins(probabilities, labels)},
+         "after": reliability_bins((plain / temperature).softmax(1), labels)},
     )  # fmt: skip
     run.info.metrics = {**run.info.metrics, "evaluated_accuracy": metrics.accuracy}
     run.save_info()
@@ -131,6 +140,11 @@ def score_images(run: Run, images: LabeledImages, views: list[str], quiet: bool)
     """Logits of every readable image (decoded once, as in training) under each view."""
     prep = run.info.preprocessing
     decoded = decode_split(images, prep, description="decoding", quiet=quiet)
+    if len(decoded.kept) == 0:
+        reasons = "; ".join(f"{s.path}: {s.reason}" for s in decoded.skipped[:3])
+        raise UserError(
+            f"no readable image to evaluate ({len(decoded.skipped)} skipped: {reasons})"
+        )
     dataset, _ = split_datasets(images, decoded, prep, "none")
     model = load_model(run).eval()
     logits: list[list[torch.Tensor]] = [[] for _ in views]
@@ -165,6 +179,8 @@ def top_losses(
     return [
         TopLoss(
             i,
+            int(labels[i]),
+            int(predicted[i]),
             sources[i],
             names[int(labels[i])],
             names[int(predicted[i])],

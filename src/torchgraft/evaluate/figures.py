@@ -14,6 +14,9 @@ import torch
 
 from torchgraft.evaluate.metrics import Metrics
 
+MAX_FIGURE_INCHES = 20.0
+MAX_LABELLED_CLASSES = 50  # beyond this, tick labels overlap; the report's table has names
+
 
 def new_figure(width: float, height: float) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -34,14 +37,17 @@ def to_png(figure: Any) -> bytes:
 def confusion_matrix_png(metrics: Metrics, names: list[str]) -> bytes:
     """The confusion matrix with counts in the cells (rows true, columns predicted)."""
     matrix = np.array(metrics.confusion)
-    size = max(4.0, 0.5 * len(names) + 2)
+    # Capped: a 1000-class matrix at half an inch a class would be a 10 GB canvas.
+    size = min(MAX_FIGURE_INCHES, max(4.0, 0.5 * len(names) + 2))
     figure = new_figure(size, size)
     axes = figure.add_subplot()
     axes.imshow(matrix, cmap="Blues")
-    axes.set(xticks=range(len(names)), yticks=range(len(names)), xlabel="predicted", ylabel="true",
+    axes.set(xlabel="predicted", ylabel="true",
              title=f"Confusion matrix (accuracy {metrics.accuracy:.1%})")  # fmt: skip
-    axes.set_xticklabels(names, rotation=45, ha="right")
-    axes.set_yticklabels(names)
+    if len(names) <= MAX_LABELLED_CLASSES:
+        axes.set(xticks=range(len(names)), yticks=range(len(names)))
+        axes.set_xticklabels(names, rotation=45, ha="right")
+        axes.set_yticklabels(names)
     if len(names) <= 30:
         for (row, column), count in np.ndenumerate(matrix):
             colour = "white" if count > matrix.max() / 2 else "black"

@@ -73,7 +73,7 @@ def top_losses_figure(run: Run, evaluation: Evaluation, scored: Scored) -> bytes
 
     losses = evaluation.top_losses
     images = torch.stack([scored.dataset[loss.index][0] for loss in losses])
-    predicted = torch.tensor([run.info.display_names.index(x.predicted_class) for x in losses])
+    predicted = torch.tensor([loss.predicted_index for loss in losses])
     try:
         heatmaps = grad_cam(load_model(run), images, predicted).heatmaps
     except UserError as error:  # e.g. the MLP: no spatial features to explain

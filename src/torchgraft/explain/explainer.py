@@ -96,6 +96,8 @@ def class_index(run: Run, class_name: str | None) -> int | None:
 
 def load_for_model(run: Run, path: Path) -> torch.Tensor:
     """The image as the model sees it: decoded like training data, resized to the run's size."""
+    if path.is_dir():
+        raise UnreadableImage(path, "a folder: pass its image files (e.g. folder/*.jpg)")
     if not path.is_file():
         raise UnreadableImage(path, "no such file")
     pixels, _ = decode_file(path, run.info.preprocessing.channels)

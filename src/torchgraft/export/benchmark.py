@@ -3,7 +3,11 @@
 Each engine classifies the same random uint8 batches (speed does not depend on the pixels)
 at batch size 1 and batched, on this machine, with the same thread count. Formats the
 benchmark needs (onnx, aoti) are exported first when the run has none yet; int8 ONNX and
-TorchScript are timed too when they were exported.
+TorchScript are timed too when they were exported. Only files parity.json vouches for the
+run's current weights and temperature are timed: a stale export is exported again.
+
+model.pt2 and model.ts are code (a native library, a pickle-based archive): benchmark only
+runs whose exports you made or trust.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 import torch
 
 from torchgraft.artifact import Run
-from torchgraft.export.exporter import EXPORTS_DIR, export_run
+from torchgraft.export.exporter import EXPORTS_DIR, checked_formats, export_run
 from torchgraft.export.formats import FORMATS
 from torchgraft.export.loader import load_exported
 from torchgraft.export.model import Predict, numpy_predict, probability_model
@@ -62,17 +66,17 @@ def benchmark_run(
 ) -> BenchmarkReport:
     """Time every engine at every batch size for about `seconds` each."""
     folder = run.path / EXPORTS_DIR
-    missing = [name for name in REQUIRED_FORMATS if not (folder / FORMATS[name].file_name).exists()]
+    missing = [name for name in REQUIRED_FORMATS if name not in checked_formats(run)]
     if missing:
-        logger.info("no %s export yet: exporting it first", " or ".join(missing))
-        export_run(run, missing, quiet=quiet)
+        logger.info("no current %s export: exporting it first", " or ".join(missing))
+        export_run(run, missing, quiet=quiet)  # also deletes exports of an older model
+    exported = checked_formats(run)
     loaders: dict[str, Callable[[], Predict]] = {
         "eager": lambda: numpy_predict(probability_model(run))
     }
     for label, name in ENGINES.items():
-        path = folder / FORMATS[name].file_name
-        if path.is_file():
-            loaders[label] = partial(load_exported, path)
+        if name in exported:
+            loaders[label] = partial(load_exported, folder / FORMATS[name].file_name)
     images = random_images(run, max(batch_sizes))
     timings = []
     for label, load in loaders.items():

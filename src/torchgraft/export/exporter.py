@@ -20,8 +20,8 @@ import numpy as np
 
 from torchgraft.artifact import WEIGHTS_FILE, Run, atomic_write_bytes
 from torchgraft.data.hashing import content_digest
-from torchgraft.errors import GraftError, GraftRuntimeError
-from torchgraft.export.formats import ExportFormat, resolve_formats
+from torchgraft.errors import GraftRuntimeError, UserError
+from torchgraft.export.formats import FORMATS, ExportFormat, resolve_formats
 from torchgraft.export.images import calibration_images, parity_images
 from torchgraft.export.loader import load_exported
 from torchgraft.export.model import (
@@ -76,7 +76,12 @@ class ExportReport:
 def export_run(
     run: Run, formats: str | Iterable[str] | None = None, quiet: bool = False
 ) -> ExportReport:
-    """Export `run` to `formats` (default: all), check each, and fail if any check fails."""
+    """Export `run` to `formats` (default: all), check each, and fail if any check fails.
+
+    A format that cannot be exported (aoti without a C++ compiler, say) is recorded as failed
+    and the others go on, so parity.json and README.md still describe every file written;
+    the failures are raised at the end.
+    """
     chosen = resolve_formats(formats)
     inputs = export_inputs(run, quiet)
     images = parity_images(run, quiet)
@@ -86,8 +91,8 @@ def export_run(
     report = ExportReport(
         folder, images.source, reference.float32_error, reference.float_tolerance, results
     )
-    write_parity(report, model_identity(run))
-    write_readme(folder, run, len(images.labels))
+    recorded = write_parity(report, model_identity(run))
+    write_readme(folder, run, len(images.labels), recorded)
     raise_on_failure(report)
     return report
 
@@ -104,13 +109,23 @@ def export_inputs(run: Run, quiet: bool) -> ExportInputs:
 def export_and_check(
     spec: ExportFormat, inputs: ExportInputs, folder: Path, pixels: np.ndarray, reference: Reference
 ) -> FormatParity:
-    """Write one format's file, then compare its probabilities with eager PyTorch's."""
+    """Write one format's file, then compare its probabilities with eager PyTorch's.
+
+    Failing to write or run the file is this format's failure alone: it comes back as a
+    failed result, not an exception, so the other formats are still exported and recorded.
+    """
     path = folder / spec.file_name
     logger.info("exporting %s to %s", spec.name, path)
     started = time.perf_counter()
-    write_atomically(spec, inputs, path)
-    seconds = time.perf_counter() - started
-    numbers = compare(predict_in_batches(load_exported(path), pixels), reference)
+    try:
+        write_atomically(spec, inputs, path)
+        seconds = time.perf_counter() - started
+        numbers = compare(run_exported(spec, path, pixels), reference)
+    except GraftRuntimeError as error:
+        logger.warning("%s failed (reported at the end); going on with the others", spec.name)
+        size = path.stat().st_size if path.is_file() else 0
+        names = (spec.name, spec.file_name, spec.precision)
+        return FormatParity.not_checked(names, reference, size, str(error))
     reason = failure_reason(spec.precision, numbers, reference.float_tolerance)
     result = FormatParity(
         spec.name, spec.file_name, spec.precision, **numbers,
@@ -123,22 +138,37 @@ def export_and_check(
 def write_atomically(spec: ExportFormat, inputs: ExportInputs, path: Path) -> None:
     """Export to a temporary name beside `path`, then rename: no half-written model file.
 
-    The temporary name keeps the extension, which some exporters check (".pt2").
+    The temporary name keeps the extension, which some exporters check (".pt2"). When the
+    export fails, an earlier file of this format goes too: parity.json is about to record the
+    format as failed, and that file is not what this export was asked to write.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".partial-{path.name}")
     try:
         spec.export(inputs, temporary)
         os.replace(temporary, path)
-    except GraftError:
-        raise  # already explained (e.g. the training images for int8 cannot be loaded)
+    except UserError:
+        raise  # the run's, not the format's (e.g. the training images cannot be loaded)
     except Exception as error:
+        path.unlink(missing_ok=True)
+        if isinstance(error, GraftRuntimeError):
+            raise  # already names the format and the fix (e.g. no C++ compiler for aoti)
         raise GraftRuntimeError(
-            f"exporting to {spec.name} failed ({type(error).__name__}: {error}); "
-            f"the other formats can still be exported one at a time with --format"
+            f"exporting to {spec.name} ({spec.file_name}) failed ({type(error).__name__}: {error})"
         ) from error
     finally:
         temporary.unlink(missing_ok=True)  # after a failure, or Ctrl-C, mid-export
+
+
+def run_exported(spec: ExportFormat, path: Path, pixels: np.ndarray) -> np.ndarray:
+    """The exported file's probabilities on `pixels`; any error there is the format's."""
+    try:
+        return predict_in_batches(load_exported(path), pixels)
+    except Exception as error:
+        raise GraftRuntimeError(
+            f"the {spec.name} export {path.name} was written but could not be run "
+            f"({type(error).__name__}: {error})"
+        ) from error
 
 
 def model_identity(run: Run) -> dict[str, Any]:
@@ -147,22 +177,54 @@ def model_identity(run: Run) -> dict[str, Any]:
     return {"weights_sha256": weights, "temperature": run.info.temperature}
 
 
-def write_parity(report: ExportReport, identity: dict[str, Any]) -> None:
+def checked_formats(run: Run) -> dict[str, Any]:
+    """parity.json's entries, by format, for export files of the run's current model.
+
+    A file exported before the weights or temperature changed (resume, recalibration) has
+    no entry here: it no longer computes what the run does.
+    """
+    return recorded_results(run.path / EXPORTS_DIR, model_identity(run))
+
+
+def recorded_results(folder: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    """The parity entries in `folder` made from the model `identity` names, whose file is there."""
+    return {
+        name: result
+        for name, result in _earlier_results(folder / PARITY_FILE, identity).items()
+        if (folder / result["file"]).is_file()
+    }
+
+
+def write_parity(report: ExportReport, identity: dict[str, Any]) -> dict[str, Any]:
     """parity.json: this export's results, plus earlier ones for files of the same model.
 
-    Exporting one format at a time thus builds up one file that covers them all.
+    Exporting one format at a time thus builds up one file that covers them all. Returns
+    the formats it records; export files it does not record are stale and deleted.
     """
-    path = report.folder / PARITY_FILE
-    formats = {
-        name: result
-        for name, result in _earlier_results(path, identity).items()
-        if (report.folder / result["file"]).is_file()
-    }
+    formats = recorded_results(report.folder, identity)
     data = report.to_dict()
     formats.update(data["formats"])
     data.update(identity, formats=formats)
     data["passed"] = all(result["passed"] for result in formats.values())
-    atomic_write_bytes(path, json.dumps(data, indent=2).encode())
+    atomic_write_bytes(report.folder / PARITY_FILE, json.dumps(data, indent=2).encode())
+    remove_stale_exports(report.folder, formats)
+    return formats
+
+
+def remove_stale_exports(folder: Path, recorded: dict[str, Any]) -> None:
+    """Delete export files parity.json does not vouch for, so nothing loads or times them.
+
+    They were made from other weights or another temperature than the run has now.
+    """
+    for spec in FORMATS.values():
+        path = folder / spec.file_name
+        if spec.name not in recorded and path.is_file():
+            path.unlink()
+            logger.warning(
+                "deleted %s: stale, parity.json has no check of it for the run's current "
+                "weights and temperature (export --format %s again to replace it)",
+                path, spec.name,
+            )  # fmt: skip
 
 
 def _earlier_results(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
@@ -179,6 +241,7 @@ def raise_on_failure(report: ExportReport) -> None:
     if failed:
         details = "; ".join(f"{result.format}: {result.failure}" for result in failed)
         raise GraftRuntimeError(
-            f"export failed its parity check on the {report.source} ({details}). The files are "
-            f"kept in {report.folder} and {PARITY_FILE} there has the numbers."
+            f"export failed for {len(failed)} of {len(report.results)} formats, checked on the "
+            f"{report.source} ({details}). The files written are kept in {report.folder} and "
+            f"{PARITY_FILE} there has the numbers."
         )

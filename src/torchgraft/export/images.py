@@ -10,9 +10,8 @@ import numpy as np
 
 from torchgraft.artifact import Run
 from torchgraft.config import config_from_dict
-from torchgraft.data import DataSplits, LabeledImages, decode_split
+from torchgraft.data import DataSplits, LabeledImages, decode_split, load_run_splits
 from torchgraft.errors import UserError
-from torchgraft.train.setup import load_run_splits
 
 logger = logging.getLogger(__name__)
 

@@ -66,6 +66,12 @@ class ExportedModel:
 def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel:
     """A .onnx (float or int8), .pt2 or .ts file written by `graft export`.
 
+    Security: .pt2 and .ts files are code. Loading a .pt2 loads and runs the native shared
+    library inside it, and a .ts file is a pickle-based TorchScript archive whose code runs
+    when called; either can do anything this process can. Load only exports you made or
+    trust. A .onnx file is data (a graph onnxruntime interprets), as are the run's
+    safetensors weights.
+
     `threads` caps onnxruntime's intra-op threads (default: torch's thread count, so the
     formats compare fairly); the PyTorch formats use torch's own setting.
     """

@@ -78,6 +78,23 @@ class FormatParity:
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "passed": self.passed}
 
+    @classmethod
+    def not_checked(
+        cls, spec: tuple[str, str, str], reference: Reference, size_bytes: int, failure: str
+    ) -> FormatParity:
+        """A format (name, file, precision) whose file could not be written or run.
+
+        Its numbers are the worst possible (no top-1 agreement, a difference of 1, accuracy 0)
+        so none reads as a pass; eager PyTorch's accuracy on the same images is still real.
+        """
+        images = len(reference.labels)
+        eager_accuracy = compare(reference.probabilities, reference)["eager_accuracy"]
+        return cls(
+            *spec, images=images, disagreements=images, top1_agreement=0.0, max_abs_diff=1.0,
+            accuracy=0.0, eager_accuracy=eager_accuracy, export_seconds=0.0,
+            size_bytes=size_bytes, failure=failure,
+        )  # fmt: skip
+
 
 def compare(probabilities: np.ndarray, reference: Reference) -> dict[str, Any]:
     """The parity numbers of an export's `probabilities` against the eager reference."""

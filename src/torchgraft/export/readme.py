@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from string import Template
+from typing import Any
 
 from torchgraft.artifact import Run, atomic_write_bytes
 from torchgraft.export.formats import FORMATS
@@ -27,6 +28,14 @@ Written by `graft export` from the run in `$run_path`. Every file below was chec
 eager PyTorch on $images real images; `parity.json` holds the numbers.
 
 $files
+
+## Only load exports you trust
+
+`model.pt2` and `model.ts` are **code**: loading a .pt2 runs the native shared library
+inside it, and a .ts file is a pickle-based TorchScript archive whose code runs when called.
+Load (or `graft benchmark`) only exports you made or got from someone you trust.
+`model.onnx` and `model.int8.onnx` are data (a graph that onnxruntime interprets), as is
+the run's `model.safetensors`.
 
 ## Input contract (every format)
 
@@ -66,8 +75,9 @@ training pixels use `torchgraft.Predictor.from_run(run).preprocess(path)` (a uin
 ## C++ (AOTInductor)
 
 `model.pt2` is native code for this machine's CPU family and this torch version
-(`torch._inductor.aoti_load_package("model.pt2")` loads it in Python). The example in
-torchgraft's `examples/cpp` builds against the torch wheel's headers and libraries:
+(`torch._inductor.aoti_load_package("model.pt2")` loads it in Python). The example
+`examples/cpp` is in the torchgraft source repository, not in the installed package; from a
+checkout of it, it builds against the torch wheel's headers and libraries:
 
 ```sh
 cmake -S examples/cpp -B build -G Ninja -DCMAKE_BUILD_TYPE=Release \\
@@ -93,11 +103,12 @@ or model.onnx.
 """
 
 
-def write_readme(folder: Path, run: Run, images: int) -> None:
-    atomic_write_bytes(folder / "README.md", readme_text(folder, run, images).encode())
+def write_readme(folder: Path, run: Run, images: int, recorded: dict[str, Any]) -> None:
+    """README.md for the formats `recorded` in parity.json (format -> its entry there)."""
+    atomic_write_bytes(folder / "README.md", readme_text(folder, run, images, recorded).encode())
 
 
-def readme_text(folder: Path, run: Run, images: int) -> str:
+def readme_text(folder: Path, run: Run, images: int, recorded: dict[str, Any]) -> str:
     info, prep = run.info, run.info.preprocessing
     size = str(prep.image_size)
     grey = prep.channels == 1
@@ -107,7 +118,7 @@ def readme_text(folder: Path, run: Run, images: int) -> str:
         model_name=info.model_name,
         run_path=run.path,
         images=images,
-        files=_files_list(folder),
+        files=_files_list(folder, recorded),
         channels=prep.channels,
         size=size,
         colour="1 grey channel" if grey else "RGB order",
@@ -126,12 +137,20 @@ def readme_text(folder: Path, run: Run, images: int) -> str:
     )
 
 
-def _files_list(folder: Path) -> str:
-    rows = [
-        f"- `{spec.file_name}`: {spec.description}"
-        for spec in FORMATS.values()
-        if (folder / spec.file_name).is_file()
-    ]
+def _files_list(folder: Path, recorded: dict[str, Any]) -> str:
+    """One line per format in parity.json: only those were checked against this model."""
+    rows = []
+    for spec in FORMATS.values():
+        result = recorded.get(spec.name)
+        if result is None:
+            continue
+        if not (folder / spec.file_name).is_file():
+            rows.append(f"- `{spec.file_name}`: not written: {result['failure']}")
+        elif not result["passed"]:
+            rows.append(f"- `{spec.file_name}`: {spec.description}; **failed the check**, do not "
+                        f"deploy it ({result['failure']})")  # fmt: skip
+        else:
+            rows.append(f"- `{spec.file_name}`: {spec.description}")
     return "\n".join(rows)
 
 

@@ -21,7 +21,7 @@ from torch.utils.data import TensorDataset
 
 from torchgraft.artifact import Preprocessing, Run, atomic_write_bytes
 from torchgraft.config import RunConfig, TrainConfig, config_from_dict, parse_duration
-from torchgraft.data import DataSplits, DecodedSplit, split_datasets
+from torchgraft.data import DataSplits, DecodedSplit, load_run_splits, split_datasets
 from torchgraft.data.cache import cache_root
 from torchgraft.models import GraftedClassifier, create_classifier, get_spec
 from torchgraft.train.callbacks import (
@@ -48,7 +48,6 @@ from torchgraft.train.loop import StepOptions
 from torchgraft.train.setup import (
     create_run,
     decode_splits,
-    load_run_splits,
     record_skipped,
     resolve_device,
     resolve_preprocessing,

@@ -13,7 +13,7 @@ import torch
 
 from torchgraft.artifact import Preprocessing, Run, RunInfo, atomic_write_bytes, library_versions
 from torchgraft.config import DataConfig, RunConfig, to_dict
-from torchgraft.data import DataSplits, DecodedSplit, decode_split, load_data, load_display_names
+from torchgraft.data import DataSplits, DecodedSplit, decode_split, load_display_names
 from torchgraft.data.cache import cache_root
 from torchgraft.errors import UserError
 from torchgraft.models.registry import BackboneSpec
@@ -21,11 +21,6 @@ from torchgraft.models.registry import BackboneSpec
 logger = logging.getLogger(__name__)
 
 SKIPPED_FILE = "skipped.csv"
-
-
-def load_run_splits(config: RunConfig) -> DataSplits:
-    """The splits a run trains on; resume and evaluation rebuild the same ones from it."""
-    return load_data(config.data.source, config.data.val_fraction, config.train.seed)
 
 
 def resolve_preprocessing(

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -47,3 +48,18 @@ def test_training_leaves_a_report_metrics_and_tensorboard_figures(tiny_run: Path
     events.Reload()
     images = events.Tags()["images"]
     assert {"evaluation/confusion_matrix", "evaluation/reliability"} <= set(images)
+
+
+def test_a_failed_evaluation_does_not_fail_a_finished_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from torchgraft import api
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise MemoryError("figure too large")
+
+    monkeypatch.setattr(api, "evaluate", broken)
+    run = api.train("digits", model="mlp", epochs=1, runs_dir=str(tmp_path), quiet=True)
+    assert (run.path / "model.safetensors").is_file()
+    assert "the evaluation failed (figure too large)" in caplog.text
+    assert "graft evaluate --run" in caplog.text

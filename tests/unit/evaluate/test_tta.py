@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
 
 from torchgraft import api
+from torchgraft.evaluate.evaluator import evaluation_images, score_images
 from torchgraft.evaluate.tta import apply_view, tta_views
 
 
@@ -24,10 +26,20 @@ def test_flips_only_for_runs_trained_with_flips() -> None:
     assert len(tta_views("light")) == 2 * len(tta_views("none")) == 12
 
 
-def test_evaluate_with_tta_reports_both_accuracies(tiny_run: Path) -> None:
-    evaluation = api.evaluate(tiny_run, quiet=True, tta=True)
-    assert evaluation.tta_views == tta_views("none")
-    saved = json.loads((tiny_run / "metrics.json").read_text())
-    assert saved["tta_views"] == evaluation.tta_views
-    assert saved["metrics"]["accuracy"] == evaluation.metrics.accuracy
-    assert 0 < saved["plain_accuracy"] <= 1
+def test_evaluate_with_tta_averages_other_views(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)  # evaluation rewrites metrics.json and graft.json
+    plain = api.evaluate(run, quiet=True)
+    averaged = api.evaluate(run, quiet=True, tta=True)
+    assert averaged.tta_views == tta_views("none")
+    assert averaged.plain_accuracy == plain.metrics.accuracy
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["tta_views"] == averaged.tta_views
+    assert saved["metrics"]["accuracy"] == averaged.metrics.accuracy
+    # Every view is a different input to the model: crops really change the logits.
+    loaded = api.load_run(run)
+    images, _ = evaluation_images(loaded, None)
+    scored = score_images(loaded, images, averaged.tta_views, quiet=True)
+    assert scored.view_logits.shape[:2] == (len(averaged.tta_views), averaged.images)
+    for view_logits in scored.view_logits[1:]:
+        assert not torch.allclose(view_logits, scored.view_logits[0])

@@ -73,6 +73,9 @@ def test_explain_writes_overlays_and_skips_unreadable_files(
     overlay = Image.open(result.explained[0].heatmap_path)
     assert overlay.width == 2 * overlay.height  # the image and its overlay side by side
 
+    single = api.explain(patch_run, str(tmp_path / "red.png"), output_dir=tmp_path / "out")
+    assert [x.source for x in single.explained] == [str(tmp_path / "red.png")]  # not 'r', 'e'...
+
     forced = api.explain(patch_run, [tmp_path / "red.png"], class_name="blue_patch",
                          output_dir=tmp_path / "out")  # fmt: skip
     assert forced.explained[0].class_name == "blue_patch"

@@ -13,6 +13,8 @@ import torch
 from torchgraft.artifact import Run
 from torchgraft.errors import GraftRuntimeError, UserError
 from torchgraft.export import FORMATS, PARITY_FILE, ExportReport, export_run, load_exported
+from torchgraft.export.aoti import require_cpp_compiler
+from torchgraft.export.exporter import checked_formats
 from torchgraft.export.formats import ExportFormat, resolve_formats
 from torchgraft.export.images import parity_images
 from torchgraft.export.model import ExportInputs
@@ -38,6 +40,17 @@ def test_every_format_passes_parity_and_is_recorded(exported: ExportReport) -> N
         assert recorded["formats"][result.format]["max_abs_diff"] == result.max_abs_diff
         if result.precision == "float":
             assert result.disagreements == 0 and result.max_abs_diff <= 1e-4
+
+
+def test_int8_export_is_quantized(exported: ExportReport) -> None:
+    import onnx
+
+    int8 = onnx.load(str(exported.folder / "model.int8.onnx"))
+    operators = {node.op_type for node in int8.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= operators
+    assert any(tensor.data_type == onnx.TensorProto.INT8 for tensor in int8.graph.initializer)
+    float_size = (exported.folder / "model.onnx").stat().st_size
+    assert (exported.folder / "model.int8.onnx").stat().st_size < float_size
 
 
 @pytest.mark.parametrize("spec", FORMATS.values(), ids=list(FORMATS))
@@ -93,6 +106,58 @@ def test_perturbed_weights_fail_parity_and_keep_the_file(
     assert (run.path / "exports" / "model.onnx").is_file()
 
 
+def test_a_format_that_raises_is_recorded_and_the_others_still_export(
+    fresh_run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_compiler(inputs: ExportInputs, path: Path) -> None:
+        raise RuntimeError("no C++ compiler")  # what aoti meets on a slim server
+
+    real = FORMATS["aoti"]
+    monkeypatch.setitem(FORMATS, "aoti", type(real)(**{**vars(real), "export": no_compiler}))
+    run = fresh_run
+    exports = run.path / "exports"
+    exports.mkdir()
+    (exports / "model.pt2").write_bytes(b"an earlier package")  # must not pass for this one
+    with pytest.raises(GraftRuntimeError, match=r"1 of 3 formats.*aoti: exporting to aoti"):
+        export_run(run, ["onnx", "aoti", "torchscript"], quiet=True)
+    recorded = json.loads((exports / PARITY_FILE).read_text())
+    assert not recorded["passed"]
+    assert recorded["formats"]["onnx"]["passed"] and recorded["formats"]["torchscript"]["passed"]
+    failure = recorded["formats"]["aoti"]["failure"]
+    assert failure == "exporting to aoti (model.pt2) failed (RuntimeError: no C++ compiler)"
+    assert not (exports / "model.pt2").exists() and (exports / "model.ts").is_file()
+    readme = (exports / "README.md").read_text()
+    assert f"- `model.pt2`: not written: {failure}" in readme
+    assert f"- `model.ts`: {FORMATS['torchscript'].description}" in readme
+
+
+def test_missing_compiler_names_aoti_and_the_fix() -> None:
+    from torch._inductor import config
+
+    needs_compiler = r"aoti \(model.pt2\) needs a C\+\+ compiler.*set CXX"
+    with (
+        config.patch({"cpp.cxx": ("/nonexistent/g++",)}),
+        pytest.raises(GraftRuntimeError, match=needs_compiler),
+    ):
+        require_cpp_compiler()
+
+
+def test_exports_of_an_older_model_are_deleted_not_listed(fresh_run: Run) -> None:
+    run = fresh_run
+    export_run(run, "onnx", quiet=True)
+    run.info.temperature = 2.0  # recalibrated (or resumed): model.onnx is now stale
+    run.save_info()
+    assert checked_formats(run) == {}  # so benchmark exports again instead of timing it
+    report = export_run(run, "torchscript", quiet=True)
+    assert not (report.folder / "model.onnx").exists()
+    recorded = json.loads((report.folder / PARITY_FILE).read_text())
+    assert set(recorded["formats"]) == {"torchscript"} and recorded["temperature"] == 2.0
+    readme = (report.folder / "README.md").read_text()
+    listed = [line for line in readme.splitlines() if line.startswith("- `model.")]
+    assert listed == [f"- `model.ts`: {FORMATS['torchscript'].description}"]
+    assert set(checked_formats(run)) == {"torchscript"}
+
+
 def test_parity_file_collects_formats_exported_one_at_a_time(fresh_run: Run) -> None:
     run = fresh_run
     export_run(run, "torchscript", quiet=True)
@@ -109,7 +174,8 @@ def test_parity_file_collects_formats_exported_one_at_a_time(fresh_run: Run) -> 
 def test_readme_states_the_input_contract(exported: ExportReport) -> None:
     readme = (exported.folder / "README.md").read_text()
     for fact in ("uint8", "(N, 3, 32, 32)", "**crop**", "onnxruntime.InferenceSession",
-                 "AOTIModelPackageLoader", "ImageOps.fit(image, (32, 32)", "legacy"):  # fmt: skip
+                 "AOTIModelPackageLoader", "ImageOps.fit(image, (32, 32)", "legacy",
+                 "are **code**", "torchgraft source repository"):  # fmt: skip
         assert fact in readme, fact
 
 
