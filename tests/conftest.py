@@ -65,9 +65,13 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():  # type: ignore[no-untyped-def]
-    """Headless Chromium driven by playwright; the browser is Debian's, never a download."""
+    """Headless Chromium driven by playwright; the browser is Debian's, never a download.
+
+    Module-scoped: playwright's sync API keeps an asyncio loop running in this thread while
+    it is open, and later tests that start their own loop (anyio.run) must not see it.
+    """
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: run `apt-get update && apt-get install -y chromium`")
     from playwright.sync_api import sync_playwright
