@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from PIL import Image
 from torchgraft.artifact import Run, atomic_write_bytes
 from torchgraft.data import UnreadableImage, decode_file, eval_transform
 from torchgraft.errors import UserError, did_you_mean
-from torchgraft.explain.gradcam import grad_cam, side_by_side
+from torchgraft.explain.gradcam import grad_cam, png_bytes, side_by_side
 from torchgraft.models import load_model
 
 logger = logging.getLogger(__name__)
@@ -117,6 +116,4 @@ def png_name(stem: str, used: set[str]) -> str:
 
 
 def save_png(image: Image.Image, path: Path) -> None:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, png_bytes(image))

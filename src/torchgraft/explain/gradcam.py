@@ -9,6 +9,7 @@ network (timm's and the from-scratch `cnn`) exposes `forward_features` and `forw
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,11 +69,27 @@ def overlay(image: torch.Tensor, heatmap: torch.Tensor, alpha: float = 0.45) -> 
 def side_by_side(image: torch.Tensor, heatmap: torch.Tensor, min_size: int = 224) -> Image.Image:
     """The image and its overlay next to each other, enlarged so small images stay visible."""
     rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
-    plain = Image.fromarray(rgb.permute(1, 2, 0).cpu().numpy())
-    blended = overlay(image, heatmap)
-    scale = max(1, -(-min_size // max(plain.size)))  # ceil: at least min_size on the long side
-    size = (plain.width * scale, plain.height * scale)
-    canvas = Image.new("RGB", (size[0] * 2, size[1]))
-    canvas.paste(plain.resize(size, Image.Resampling.NEAREST), (0, 0))
-    canvas.paste(blended.resize(size, Image.Resampling.BILINEAR), (size[0], 0))
+    plain = enlarge(Image.fromarray(rgb.permute(1, 2, 0).cpu().numpy()), min_size,
+                    Image.Resampling.NEAREST)  # fmt: skip
+    blended = enlarge(overlay(image, heatmap), min_size)
+    canvas = Image.new("RGB", (plain.width * 2, plain.height))
+    canvas.paste(plain, (0, 0))
+    canvas.paste(blended, (plain.width, 0))
     return canvas
+
+
+def enlarge(
+    image: Image.Image, min_size: int, resample: Image.Resampling = Image.Resampling.BILINEAR
+) -> Image.Image:
+    """`image` scaled up by a whole factor to at least `min_size` on its long side, so small
+    training sizes (28, 64 px) stay visible; larger images are left as they are."""
+    scale = max(1, -(-min_size // max(image.size)))  # ceil
+    if scale == 1:
+        return image
+    return image.resize((image.width * scale, image.height * scale), resample)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -15,7 +15,6 @@ FastAPI is imported here and only here: `import torchgraft` does not pay for it.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import time
@@ -29,7 +28,6 @@ import torch
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
 
 from torchgraft.artifact import Run
 from torchgraft.data.decode import MAX_PIXELS, TooManyPixels, UnreadableImage, decode_bytes
@@ -211,17 +209,12 @@ def classify_upload(
 
 def explain_upload(predictor: Predictor, upload: Upload, max_pixels: int) -> bytes:
     """The Grad-CAM overlay of the predicted class as PNG bytes, at least 224 px wide."""
-    from torchgraft.explain import grad_cam, overlay
+    from torchgraft.explain import enlarge, grad_cam, overlay, png_bytes
 
     pixels = decode_upload(predictor, upload, max_pixels)
     with predictor.lock:  # the same one-model-call-at-a-time rule as predictions
         cam = grad_cam(predictor.model, pixels.unsqueeze(0).to(predictor.device))
-    image = overlay(pixels, cam.heatmaps[0].cpu())
-    scale = max(1, -(-224 // max(image.size)))  # small training sizes (28, 64 px) enlarged
-    image = image.resize((image.width * scale, image.height * scale), Image.Resampling.BILINEAR)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return png_bytes(enlarge(overlay(pixels, cam.heatmaps[0].cpu()), 224))
 
 
 def can_explain(predictor: Predictor) -> bool:
