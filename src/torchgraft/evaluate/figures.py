@@ -4,7 +4,6 @@ with their Grad-CAM, and training curves. Matplotlib's Agg canvas only: no displ
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,25 +12,10 @@ import numpy as np
 import torch
 
 from torchgraft.evaluate.metrics import Metrics
+from torchgraft.plotting import new_figure, to_png
 
 MAX_FIGURE_INCHES = 20.0
 MAX_LABELLED_CLASSES = 50  # beyond this, tick labels overlap; the report's table has names
-
-
-def new_figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def to_png(figure: Any) -> bytes:
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
 
 
 def confusion_matrix_png(metrics: Metrics, names: list[str]) -> bytes:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 import logging
 import math
 from collections.abc import Generator, Iterator, Sequence
@@ -31,6 +30,7 @@ from tqdm.auto import tqdm
 
 from torchgraft.artifact import atomic_write_bytes
 from torchgraft.errors import GraftRuntimeError, UserError
+from torchgraft.plotting import new_figure, to_png
 
 logger = logging.getLogger(__name__)
 
@@ -303,11 +303,7 @@ def save_lr_plot(result: LrFindResult, path: Path) -> Path:
     """
     if not result.lrs:
         raise UserError("the lr finder result has no points to plot: run find_lr first.")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6, 4), dpi=100)  # no pyplot: nothing global to switch or close
-    FigureCanvasAgg(figure)
+    figure = new_figure(6, 4)
     axes = figure.add_subplot()
     axes.plot(result.lrs, result.losses, color="tab:blue", label="smoothed loss")
     at = float(np.interp(np.log10(result.suggestion), np.log10(result.lrs), result.losses))
@@ -323,10 +319,7 @@ def save_lr_plot(result: LrFindResult, path: Path) -> Path:
     axes.set_title("Learning-rate finder")
     _limit_losses(axes, result.losses)
     axes.legend(loc="upper left")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, to_png(figure))
     return path
 
 
