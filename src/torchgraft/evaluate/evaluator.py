@@ -31,7 +31,7 @@ from torchgraft.evaluate.calibration import expected_calibration_error, fit_temp
 from torchgraft.evaluate.figures import reliability_bins
 from torchgraft.evaluate.metrics import Metrics, classification_metrics
 from torchgraft.evaluate.tta import apply_view, tta_views
-from torchgraft.models import load_model
+from torchgraft.models import GraftedClassifier, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class Scored:
     labels: torch.Tensor  # (N,)
     sources: list[str]  # per image: the file, or a description for bundled arrays
     dataset: Any  # yields (uint8 image at the training size, label), for the gallery
+    model: GraftedClassifier  # the run's model, loaded once, for the gallery's Grad-CAM
 
 
 def evaluate_run(
@@ -155,7 +156,7 @@ def score_images(run: Run, images: LabeledImages, views: list[str], quiet: bool)
         labels.append(torch.as_tensor(batch_labels))
     view_logits = torch.stack([torch.cat(per_view) for per_view in logits])
     sources = [describe_source(images, int(index)) for index in decoded.kept]
-    return Scored(view_logits, torch.cat(labels), sources, dataset)
+    return Scored(view_logits, torch.cat(labels), sources, dataset, model)
 
 
 def describe_source(images: LabeledImages, index: int) -> str:

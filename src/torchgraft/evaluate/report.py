@@ -69,13 +69,12 @@ def top_losses_figure(run: Run, evaluation: Evaluation, scored: Scored) -> bytes
     """The worst mistakes, each shown beside its Grad-CAM for the (wrongly) predicted class:
     what the model saw that made it say so. Plain images when the model has no feature map."""
     from torchgraft.explain import grad_cam, side_by_side
-    from torchgraft.models import load_model
 
     losses = evaluation.top_losses
     images = torch.stack([scored.dataset[loss.index][0] for loss in losses])
     predicted = torch.tensor([loss.predicted_index for loss in losses])
     try:
-        heatmaps = grad_cam(load_model(run), images, predicted).heatmaps
+        heatmaps = grad_cam(scored.model, images, predicted).heatmaps
     except UserError as error:  # e.g. the MLP: no spatial features to explain
         logger.info("top losses without Grad-CAM: %s", error)
         heatmaps = torch.zeros(images.shape[0], *images.shape[-2:])
