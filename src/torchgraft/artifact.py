@@ -7,15 +7,17 @@ unpickles: a run from a stranger cannot execute code.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
 import platform
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -141,44 +143,70 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never half."""
+    atomic_write(path, lambda file: file.write(data))
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write `path` through `write(file)`, atomically: `write` streams into a temporary file
+    (np.save of a large array, say), so the whole content never has to sit in memory."""
+    with atomic_path(path) as temporary, temporary.open("wb") as file:
+        write(file)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary name beside `path` for the body to write; on success it becomes `path`.
+
+    For writers that take a file name rather than a file (the exporters). Readers see the
+    old file or the new one, never half: the temporary is fsynced before the rename, and the
+    rename itself after. On any failure (Ctrl-C included) the temporary is removed and
+    `path` is left as it was. `suffix` ends the temporary's name, for writers that check
+    the extension (".pt2").
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # mkstemp: a fresh name, so two processes writing the same file never share a temporary.
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(handle)
+    temporary = Path(name)
     try:
+        yield temporary
         # mkstemp creates files readable by their owner only; give the file the permissions
         # an ordinary open() would, so a run can be shared and served by another user.
         os.chmod(temporary, 0o666 & ~_umask())
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
+        _fsync(temporary)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+    # Make the rename itself durable (POSIX); skipped where directories cannot be opened.
+    with contextlib.suppress(OSError):
+        _fsync(path.parent)
 
 
-@functools.cache
+def _fsync(path: Path) -> None:
+    """Flush a closed file's data, or a directory's entries, to disk, whoever wrote them."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def _umask() -> int:
-    """The process's umask: from /proc on Linux, else by setting it and straight back."""
+    """The process's umask, read on every write (a process may change it) from /proc on
+    Linux; elsewhere found once by setting it and straight back."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
     except OSError:
         pass
-    current = os.umask(0o022)  # a brief window where another thread could see 022
+    return _umask_by_setting()
+
+
+@functools.cache
+def _umask_by_setting() -> int:
+    """Once only: there is a brief window where another thread could see 022."""
+    current = os.umask(0o022)
     os.umask(current)
     return current
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

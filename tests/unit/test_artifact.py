@@ -2,10 +2,18 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from torchgraft.artifact import Preprocessing, Run, RunInfo, atomic_write_bytes
+from torchgraft.artifact import (
+    Preprocessing,
+    Run,
+    RunInfo,
+    atomic_path,
+    atomic_write,
+    atomic_write_bytes,
+)
 from torchgraft.errors import UserError
 
 
@@ -63,3 +71,29 @@ def test_atomic_writes_get_ordinary_file_permissions(tmp_path: Path) -> None:
     (tmp_path / "plain.json").write_bytes(b"{}")
     mode = os.stat(tmp_path / "graft.json").st_mode & 0o777
     assert mode == os.stat(tmp_path / "plain.json").st_mode & 0o777
+
+
+def test_atomic_write_streams_into_the_file_and_respects_the_umask(tmp_path: Path) -> None:
+    """np.save writes straight into the temporary file; the mode is what open() would give."""
+    pixels = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    previous = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "pixels.npy", lambda file: np.save(file, pixels))
+    finally:
+        os.umask(previous)
+    np.testing.assert_array_equal(np.load(tmp_path / "pixels.npy"), pixels)
+    assert os.stat(tmp_path / "pixels.npy").st_mode & 0o777 == 0o640
+    assert os.listdir(tmp_path) == ["pixels.npy"]
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "model.pt2"
+    target.write_bytes(b"old")
+    seen: list[Path] = []
+    with pytest.raises(RuntimeError, match="exporter failed"), atomic_path(target, ".pt2") as temp:
+        seen.append(temp)
+        temp.write_bytes(b"half")
+        raise RuntimeError("exporter failed")
+    assert seen[0].suffix == ".pt2" and seen[0].parent == tmp_path  # writers may check it
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["model.pt2"]

@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from torchgraft.artifact import Preprocessing, atomic_write_bytes
+from torchgraft.artifact import Preprocessing, atomic_write, atomic_write_bytes
 from torchgraft.config import CACHE_MODES
 from torchgraft.data.decode import UnreadableImage, array_to_tensor, decode_file
 from torchgraft.data.hashing import content_digest
@@ -191,16 +190,8 @@ def _read_cached(folder: Path, key: str) -> DecodedSplit | None:
 def _write_cached(folder: Path, key: str, decoded: DecodedSplit) -> None:
     """Pixels first, index last, each atomically: a reader sees a whole entry or none."""
     assert decoded.pixels is not None, "only decoded pixels are cached on disk"
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=".npy")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.save(file, decoded.pixels)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, folder / f"{key}.npy")
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    pixels = decoded.pixels
+    # Streamed into the temporary file: no second in-memory copy of a large array.
+    atomic_write(folder / f"{key}.npy", lambda file: np.save(file, pixels))
     index = {"kept": decoded.kept.tolist(), "skipped": [asdict(s) for s in decoded.skipped]}
     atomic_write_bytes(folder / f"{key}.json", json.dumps(index).encode())

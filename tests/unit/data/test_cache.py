@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,19 @@ def test_disk_cache_is_reused_and_keyed_by_content_and_preprocessing(
     changed = decode_split(images, PREP, mode="disk", cache_dir=tmp_path / "cache", quiet=True)
     assert len(calls) == len(images)
     np.testing.assert_array_equal(changed.pixels[0], first.pixels[1])  # type: ignore[index]
+
+
+def test_disk_cache_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    """Not mkstemp's owner-only 0600: a shared cache folder must be readable by its group."""
+    images = _split(make_image_folder(tmp_path / "data", per_class=2, size=32))
+    previous = os.umask(0o027)
+    try:
+        decode_split(images, PREP, mode="disk", cache_dir=tmp_path / "cache", quiet=True)
+    finally:
+        os.umask(previous)
+    entry = sorted((tmp_path / "cache" / "images").iterdir())
+    assert [path.suffix for path in entry] == [".json", ".npy"]  # and no temporaries left
+    assert [path.stat().st_mode & 0o777 for path in entry] == [0o640, 0o640]
 
 
 def test_none_mode_checks_files_but_keeps_no_pixels(tmp_path: Path) -> None:
