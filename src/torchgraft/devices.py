@@ -29,7 +29,7 @@ def check_device(device: str | torch.device) -> torch.device:
     if resolved.type == "cuda":
         _check_cuda(resolved)
     if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError("mps: torch sees no Apple GPU (MPS) here; use cpu")
+        raise UserError(f"{resolved}: torch sees no Apple GPU (MPS) here; use cpu")
     return resolved
 
 
@@ -37,8 +37,8 @@ def _check_cuda(device: torch.device) -> None:
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
         raise UserError(
-            "cuda: torch sees no CUDA device here; use cpu (or install a CUDA build of torch "
-            "on a machine with an NVIDIA GPU)"
+            f"{device}: torch sees no CUDA device here; use cpu (or install a CUDA build of "
+            "torch on a machine with an NVIDIA GPU)"
         )
     if device.index is not None and device.index >= count:
         raise UserError(f"{device}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")

@@ -49,14 +49,21 @@ def default_image_size(spec: BackboneSpec, native_size: int | None) -> int:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA, then Apple's MPS, then the CPU."""
+    """`auto` picks CUDA, then Apple's MPS, then the CPU; any other name must exist here.
+
+    A typo or a missing GPU is a UserError before any training starts, the same check
+    serving makes, not a torch traceback from the first tensor moved to the device.
+    """
+    from torchgraft.devices import check_device
+
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
+            name = "cuda"
+        elif torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    return check_device(name)
 
 
 def create_run(
