@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from torchgraft.artifact import WEIGHTS_FILE, Run, atomic_write_bytes
+from torchgraft.artifact import WEIGHTS_FILE, Run, atomic_path, atomic_write_bytes
 from torchgraft.data.hashing import content_digest
 from torchgraft.errors import GraftRuntimeError, UserError
 from torchgraft.export.formats import FORMATS, ExportFormat, resolve_formats
@@ -142,11 +141,9 @@ def write_atomically(spec: ExportFormat, inputs: ExportInputs, path: Path) -> No
     export fails, an earlier file of this format goes too: parity.json is about to record the
     format as failed, and that file is not what this export was asked to write.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".partial-{path.name}")
     try:
-        spec.export(inputs, temporary)
-        os.replace(temporary, path)
+        with atomic_path(path, suffix=path.suffix) as temporary:
+            spec.export(inputs, temporary)
     except UserError:
         raise  # the run's, not the format's (e.g. the training images cannot be loaded)
     except Exception as error:
@@ -156,8 +153,6 @@ def write_atomically(spec: ExportFormat, inputs: ExportInputs, path: Path) -> No
         raise GraftRuntimeError(
             f"exporting to {spec.name} ({spec.file_name}) failed ({type(error).__name__}: {error})"
         ) from error
-    finally:
-        temporary.unlink(missing_ok=True)  # after a failure, or Ctrl-C, mid-export
 
 
 def run_exported(spec: ExportFormat, path: Path, pixels: np.ndarray) -> np.ndarray:
