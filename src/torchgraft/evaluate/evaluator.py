@@ -32,6 +32,7 @@ from torchgraft.evaluate.figures import reliability_bins
 from torchgraft.evaluate.metrics import Metrics, classification_metrics
 from torchgraft.evaluate.tta import apply_view, tta_views
 from torchgraft.models import GraftedClassifier, load_model
+from torchgraft.probabilities import calibrated_probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -100,17 +101,17 @@ def evaluate_run(
     if data is None:  # calibrate only on the validation split, never on a test set
         temperature = fit_temperature(plain, labels)
         run.info.temperature = temperature
-    probabilities = (scored.view_logits / temperature).softmax(2).mean(0)
+    probabilities = calibrated_probabilities(scored.view_logits, temperature).mean(0)
     metrics = classification_metrics(probabilities, labels, run.info.display_names)
+    # The plain view before and after T: the two ECE numbers and the reliability diagram.
+    before = calibrated_probabilities(plain, 1.0)
+    after = calibrated_probabilities(plain, temperature)
     evaluation = Evaluation(
         source, len(labels), metrics, temperature,
-        expected_calibration_error(plain.softmax(1), labels),
-        expected_calibration_error((plain / temperature).softmax(1), labels),
+        expected_calibration_error(before, labels), expected_calibration_error(after, labels),
         views, accuracy(plain, labels),
         top_losses(probabilities, labels, scored.sources, run.info.display_names),
-        # The same probabilities as the two ECE numbers: the plain view, before and after T.
-        {"before": reliability_bins(plain.softmax(1), labels),
-         "after": reliability_bins((plain / temperature).softmax(1), labels)},
+        {"before": reliability_bins(before, labels), "after": reliability_bins(after, labels)},
     )  # fmt: skip
     run.info.metrics = {**run.info.metrics, "evaluated_accuracy": metrics.accuracy}
     run.save_info()

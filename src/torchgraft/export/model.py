@@ -19,6 +19,7 @@ from torch import nn
 
 from torchgraft.artifact import Run
 from torchgraft.models import load_model
+from torchgraft.probabilities import calibrated_probabilities
 
 # Keys of the metadata every exported file carries (ONNX metadata_props, the AOTInductor
 # package's metadata, a TorchScript extra file), so a deployer can read the input contract
@@ -38,7 +39,7 @@ class ProbabilityModel(nn.Module):
         self.temperature = float(temperature)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (self.classifier(images).float() / self.temperature).softmax(dim=1)
+        return calibrated_probabilities(self.classifier(images), self.temperature, dim=1)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from torchgraft.data import UnreadableImage, eval_transform, load_display_names
 from torchgraft.devices import check_device
 from torchgraft.errors import UserError
 from torchgraft.models import load_model
+from torchgraft.probabilities import calibrated_probabilities
 from torchgraft.serve.inputs import ImageInput, as_image_list, describe, to_uint8_tensor
 
 logger = logging.getLogger(__name__)
@@ -130,8 +131,8 @@ class Predictor:
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with self.lock, torch.inference_mode():
-            logits = self.model(batch).float() / self.info.temperature
-            return logits.softmax(dim=1).cpu().numpy()
+            logits = self.model(batch)
+            return calibrated_probabilities(logits, self.info.temperature, dim=1).cpu().numpy()
 
     def predict_proba(self, images: ImageInput | Iterable[ImageInput]) -> np.ndarray:
         """Calibrated class probabilities, shape (N, num_classes), in input order.

@@ -3,6 +3,7 @@
 import torch
 
 from torchgraft.evaluate import expected_calibration_error, fit_temperature
+from torchgraft.probabilities import calibrated_probabilities
 
 
 def overconfident_logits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,3 +33,14 @@ def test_temperature_never_changes_the_predicted_class() -> None:
 def test_ece_of_a_perfectly_calibrated_toy_is_zero() -> None:
     probabilities = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     assert expected_calibration_error(probabilities, torch.tensor([0, 1])) == 0.0
+
+
+def test_calibrated_probabilities_are_softmax_of_logits_over_temperature() -> None:
+    """Against exp / sum in float64, along the class axis of (views, N, classes) logits."""
+    logits = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    expected = (logits / 2.5).exp() / (logits / 2.5).exp().sum(-1, keepdim=True)
+    probabilities = calibrated_probabilities(logits.half(), 2.5)
+    assert probabilities.dtype == torch.float32  # half-precision logits are upcast first
+    torch.testing.assert_close(probabilities.double(), expected, atol=2e-3, rtol=0)
+    along_first = calibrated_probabilities(logits.transpose(0, 2), 2.5, dim=0)
+    torch.testing.assert_close(along_first.transpose(0, 2).double(), expected, atol=1e-6, rtol=0)
