@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from torchgraft.artifact import Run
 from torchgraft.config import RunConfig, dotted_overrides, load_train_config
+from torchgraft.errors import UserError
 from torchgraft.serve.predictor import ImageInput, Prediction, Predictor
 
 if TYPE_CHECKING:
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     from torchgraft.evaluate import Evaluation
     from torchgraft.explain import Explanations
     from torchgraft.export import BenchmarkReport, ExportReport
+    from torchgraft.train.callbacks import Callback
+    from torchgraft.train.lr_find_run import LrFindReport
 
 
 def train_config(config: str | Path | None = None, **settings: Any) -> RunConfig:
@@ -34,27 +38,50 @@ def train_config(config: str | Path | None = None, **settings: Any) -> RunConfig
 
 
 def train(
-    data: str | Path | None = None, *, config: str | Path | None = None, **settings: Any
+    data: str | Path | None = None,
+    *,
+    config: str | Path | None = None,
+    callbacks: Sequence[Callback] = (),
+    **settings: Any,
 ) -> Run:
     """Train a classifier and return its run directory.
 
     `data` is a bundled set (mnist5k, digits) or a folder; `settings` are any config fields by
     their flat names (model, epochs, lr, image_size, ...); `config` a YAML file under them.
+    `callbacks` are your own `torchgraft.train.callbacks.Callback` objects: they hear every
+    optimizer step (`on_step_end`) and epoch (`on_epoch_end`) and may call `trainer.stop()`.
     """
     from torchgraft.train import fit
 
     run_config = _config_with_data(data, config, settings)
-    return _with_report(fit(run_config), run_config.train.report, run_config.train.quiet)
+    run = fit(run_config, callbacks=callbacks)
+    return _with_report(run, run_config.train.report, run_config.train.quiet)
 
 
 def lr_find(
-    data: str | Path | None = None, *, config: str | Path | None = None, **settings: Any
-) -> Run:
-    """Sweep the learning rate for this set-up; the run holds figures/lr_find.png and the
-    suggestion (`run.info.metrics["lr_find_suggestion"]`). Settings as for `train`."""
-    from torchgraft.train import fit
+    data: str | Path | None = None,
+    *,
+    config: str | Path | None = None,
+    budget: float | str = 60.0,
+    **settings: Any,
+) -> LrFindReport:
+    """Sweep the learning rate for this set-up and suggest the head's rate to train with.
 
-    return fit(_config_with_data(data, config, settings), find_lr_only=True)
+    The sweep runs the fine-tune optimizer's parameter groups (backbone slower, layer decay
+    if set) from the pretrained weights, with as many steps as `budget` (seconds, or e.g.
+    "90s", "2m") allows, loading and decoding included. It never creates a training run:
+    the plot and curve go to <runs_dir>/lr-find/<model>-<data>/figures/ (numbered if
+    taken), so `train` afterwards still gets <runs_dir>/<model>-<data>. Settings as for
+    `train`; the returned report has `suggestion`, `path` and `plot`.
+    """
+    started = time.perf_counter()  # the budget covers everything, imports included
+    from torchgraft.config import parse_duration
+    from torchgraft.train.lr_find_run import run_lr_find
+
+    seconds = parse_duration(budget) if isinstance(budget, str) else float(budget)
+    if not seconds > 0:
+        raise UserError(f"budget must be positive seconds, got {budget}: e.g. 60 or '2m'.")
+    return run_lr_find(_config_with_data(data, config, settings), seconds, started)
 
 
 def _config_with_data(

@@ -32,6 +32,8 @@ AUGMENTATIONS = ("none", "light", "trivial", "randaugment")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 CACHE_MODES = ("memory", "disk", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
+DEPTHWISE = ("auto", "train", "freeze")
+NORM_STATISTICS = ("auto", "update", "keep")
 MONITORS = ("val_accuracy", "val_loss")
 CLASS_WEIGHTS = ("none", "auto")
 
@@ -71,12 +73,16 @@ class ModelConfig:
 class TrainConfig:
     name: str | None = None  # run name; None: <model>-<data>, numbered if taken
     runs_dir: str = "runs"  # parent folder of run directories
-    freeze_epochs: int = _at_least(3, 0)  # epochs training only the new head, backbone frozen
-    epochs: int | None = _at_least(None, 0)  # whole-network epochs; None: 6 pretrained, 10 scratch
+    # None below: the model's default (models.registry.RecipeDefaults), resolved before the run
+    freeze_epochs: int | None = _at_least(None, 0)  # epochs of the new head alone, on features
+    epochs: int | None = _at_least(None, 0)  # whole-network epochs (a time limit replans them)
     lr: float | str | None = field(  # peak head lr (one-cycle); auto: lr-find; None: by model
         default=None, metadata={"minimum": 0.0, "auto": True}
     )
-    backbone_lr_divisor: float = _at_least(10.0, 1.0)  # backbone lr = lr / this when fine-tuning
+    head_lr: float | None = _at_least(None, 0.0)  # peak lr of the head-only phase; None: 5 x lr
+    backbone_lr_divisor: float | None = _at_least(None, 1.0)  # backbone lr = lr / this
+    depthwise: str = _choice("auto", DEPTHWISE)  # depthwise filters; auto: frozen on the CPU
+    norm_statistics: str = _choice("auto", NORM_STATISTICS)  # BatchNorm stats in fine-tuning
     layer_decay: float | None = _at_least(None, 0.0, 1.0)  # layer-wise lr decay, e.g. 0.75
     weight_decay: float = _at_least(0.01, 0.0)  # AdamW decoupled weight decay
     seed: int = 0  # seeds the split, the initialisation and the shuffling
@@ -85,11 +91,11 @@ class TrainConfig:
     channels_last: bool = True  # NHWC layout: 1.9x faster conv steps measured on this CPU
     accumulate: int = _at_least(1, 1)  # batches per optimizer step (gradient accumulation)
     grad_clip: float | None = _at_least(None, 0.0)  # max gradient norm; None: no clipping
-    label_smoothing: float = _at_least(0.0, 0.0, 0.5)  # share of target mass spread evenly
+    label_smoothing: float | None = _at_least(None, 0.0, 0.5)  # target mass spread evenly
     class_weights: str = _choice("none", CLASS_WEIGHTS)  # auto: inverse class frequency
     mixup: float = _at_least(0.0, 0.0)  # MixUp Beta(alpha, alpha); 0: off
     cutmix: float = _at_least(0.0, 0.0)  # CutMix Beta(alpha, alpha); 0: off
-    ema_decay: float | None = _at_least(None, 0.0, 1.0)  # EMA of the weights, e.g. 0.999
+    ema_decay: float | None = _at_least(None, 0.0, 1.0)  # EMA of the weights; 0: none
     early_stop: int | None = _at_least(None, 1)  # patience in epochs; None: never stop early
     monitor: str = _choice("val_accuracy", MONITORS)  # the score for best weights, early stop
     time_limit: str | None = field(default=None, metadata={"duration": True})  # 90s, 10m, 2h

@@ -28,7 +28,13 @@ T = TypeVar("T")
 
 def default_help(dotted: str) -> str:
     """ "(default: X)" for help texts; settings whose default depends on the model say so."""
+    from torchgraft.models.registry import PRETRAINED_RECIPE, SCRATCH_RECIPE
+
     value = default_of(dotted)
+    key = dotted.split(".")[-1]
+    if value is None and hasattr(PRETRAINED_RECIPE, key):
+        pretrained, scratch = getattr(PRETRAINED_RECIPE, key), getattr(SCRATCH_RECIPE, key)
+        return f"(default: {pretrained} for a pretrained backbone, {scratch} from scratch)"
     return "" if value is None else f"(default: {value})"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -12,8 +13,10 @@ from torchgraft.cli.common import app, default_help, flag, guard, option
 from torchgraft.config import (
     AUGMENTATIONS,
     CACHE_MODES,
+    DEPTHWISE,
     DEVICES,
     MONITORS,
+    NORM_STATISTICS,
     PRECISIONS,
     RESIZE_MODES,
 )
@@ -59,23 +62,25 @@ def train(
         int | None,
         option(
             "train.epochs",
-            "Epochs fine-tuning the whole network "
-            "(default: 6 for a pretrained backbone, 10 from scratch).",
+            "Epochs training the whole network (with --time-limit, the limit decides).",
         ),
     ] = None,
     freeze_epochs: Annotated[
         int | None,
         option(
             "train.freeze_epochs",
-            "Epochs training only the new head on the frozen backbone (0: plain fine-tune).",
+            "Epochs training only the new head on cached features of the frozen backbone.",
         ),
+    ] = None,
+    head_lr: Annotated[
+        float | None,
+        option("train.head_lr", "Peak learning rate of the head-only epochs (default: 5 x lr)."),
     ] = None,
     lr: Annotated[
         str | None,
         option(
             "train.lr",
-            "Peak learning rate of the head, one-cycle, or auto to run the lr finder first "
-            "(default: 2e-3 for a pretrained backbone, 1e-2 from scratch).",
+            "Peak learning rate of the head, one-cycle, or auto to run the lr finder first.",
         ),
     ] = None,
     backbone_lr_divisor: Annotated[
@@ -83,6 +88,22 @@ def train(
         option(
             "train.backbone_lr_divisor",
             "Backbone learning rate is lr divided by this while fine-tuning.",
+        ),
+    ] = None,
+    depthwise: Annotated[
+        str | None,
+        option(
+            "train.depthwise",
+            f"Depthwise filters: {', '.join(DEPTHWISE)} (auto: fixed on the CPU, where their "
+            "gradient is the slowest part of a step; trained on a GPU).",
+        ),
+    ] = None,
+    norm_statistics: Annotated[
+        str | None,
+        option(
+            "train.norm_statistics",
+            f"BatchNorm statistics while fine-tuning: {', '.join(NORM_STATISTICS)} (auto: keep "
+            "them after head-only epochs, whose head learned on them; update otherwise).",
         ),
     ] = None,
     weight_decay: Annotated[
@@ -189,7 +210,7 @@ def train(
         float | None,
         option(
             "train.ema_decay",
-            "Keep an EMA of the weights with this decay, e.g. 0.999 (default: off).",
+            "Score an EMA of the weights with this decay (0: off).",
         ),
     ] = None,
     early_stop: Annotated[
@@ -205,7 +226,9 @@ def train(
     time_limit: Annotated[
         str | None,
         option(
-            "train.time_limit", "Stop cleanly after this long, e.g. 90s, 10m, 2h (default: none)."
+            "train.time_limit",
+            "Plan the run to end within this, e.g. 90s, 10m, 2h: the step time measured "
+            "early sets the epochs, so the schedule still anneals (default: none).",
         ),
     ] = None,
     deterministic: Annotated[
@@ -241,7 +264,7 @@ def train(
         bool, typer.Option("--quiet", "-q", help="No progress bars; only the result.")
     ] = False,
 ) -> None:
-    """Train a classifier: a new head on a frozen backbone, then fine-tune the whole network."""
+    """Train a classifier: graft a new head onto a pretrained backbone and fine-tune it."""
     settings = {
         key: value
         for key, value in locals().items()
@@ -279,6 +302,13 @@ def lr_find(
         typer.Argument(help="The data, as for `graft train`.", show_default=False),
     ] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config, as for `graft train`.")] = None,
+    time_limit: Annotated[
+        str,
+        typer.Option(
+            help="Finish within this long, loading included (e.g. 30s, 2m): the sweep takes "
+            "as many steps (10 to 100) as fit."
+        ),
+    ] = "60s",
     model: Annotated[str | None, option("model.name", "Backbone, as for `graft train`.")] = None,
     weights: Annotated[
         str | None, option("model.weights", "Local pretrained weights file.")
@@ -287,34 +317,82 @@ def lr_find(
         int | None, option("data.image_size", "Training resolution in pixels.")
     ] = None,
     batch_size: Annotated[int | None, option("data.batch_size", "Images per step.")] = None,
+    resize: Annotated[
+        str | None, option("data.resize", f"Resize mode: {', '.join(RESIZE_MODES)}.")
+    ] = None,
+    augment: Annotated[
+        str | None, option("data.augment", f"Augmentation preset: {', '.join(AUGMENTATIONS)}.")
+    ] = None,
+    val_fraction: Annotated[
+        float | None, option("data.val_fraction", "Share held out, as for `graft train`.")
+    ] = None,
+    num_workers: Annotated[
+        int | None, option("data.num_workers", "Data-loading worker processes.")
+    ] = None,
+    cache: Annotated[
+        str | None, option("data.cache", f"Decoded-image cache: {', '.join(CACHE_MODES)}.")
+    ] = None,
+    cache_dir: Annotated[str | None, option("data.cache_dir", "Folder for --cache disk.")] = None,
     backbone_lr_divisor: Annotated[
         float | None,
         option("train.backbone_lr_divisor", "Backbone rate = head rate / this, as in training."),
     ] = None,
+    layer_decay: Annotated[
+        float | None,
+        option("train.layer_decay", "Layer-wise lr decay, as in training (default: off)."),
+    ] = None,
     weight_decay: Annotated[
         float | None, option("train.weight_decay", "AdamW weight decay.")
     ] = None,
+    channels_last: Annotated[
+        bool | None, flag("train.channels_last", "Channels-last memory layout.")
+    ] = None,
     seed: Annotated[int | None, option("train.seed", "Random seed.")] = None,
     device: Annotated[str | None, option("train.device", f"Device: {', '.join(DEVICES)}.")] = None,
-    name: Annotated[str | None, option("train.name", "Run name for the plot's folder.")] = None,
+    name: Annotated[
+        str | None,
+        option(
+            "train.name", "Folder name under RUNS_DIR/lr-find (default: <model>-<data>, numbered)."
+        ),
+    ] = None,
     runs_dir: Annotated[
-        str | None, option("train.runs_dir", "Parent folder for run directories.")
+        str | None, option("train.runs_dir", "Parent of the lr-find/ folder.")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Sweep the learning rate (the range test): plot, suggestion, and the command to use it.
 
-    The sweep runs the fine-tune set-up (backbone at lr / divisor) from the pretrained
-    weights, then puts the model back; `graft train --lr auto` does the same before training.
+    The sweep runs the fine-tune set-up (the optimizer groups training uses) from the
+    pretrained weights, then puts the model back; `graft train --lr auto` does the same
+    before training. Its plot goes to RUNS_DIR/lr-find/, never to a training run's folder.
     """
-    settings = {k: v for k, v in locals().items() if v is not None and k not in ("config", "quiet")}
+    settings = {
+        k: v
+        for k, v in locals().items()
+        if v is not None and k not in ("config", "quiet", "time_limit")
+    }
     settings["quiet"] = quiet
     from torchgraft import api
 
-    run = guard(lambda: api.lr_find(config=config, **settings), quiet)
-    suggestion = run.info.metrics["lr_find_suggestion"]
-    typer.echo(f"suggested learning rate: {suggestion:.2e}")
-    typer.echo(f"plot: {run.path / 'figures' / 'lr_find.png'}")
-    typer.echo(
-        f"use it: graft train with the same options and --lr {suggestion:.2e} (or --lr auto)"
-    )
+    found = guard(lambda: api.lr_find(config=config, budget=time_limit, **settings), quiet)
+    typer.echo(f"suggested learning rate: {found.suggestion:.2e}")
+    typer.echo(f"plot: {found.plot}")
+    typer.echo(f"use it: {train_command(data, config, settings, found.suggestion)}")
+
+
+def train_command(
+    data: str | None, config: Path | None, settings: dict[str, object], lr: float
+) -> str:
+    """The `graft train` line with lr-find's options (they shaped the curve) and `--lr`."""
+    parts = ["graft", "train"]
+    parts += [shlex.quote(data)] if data is not None else []
+    parts += ["--config", shlex.quote(str(config))] if config is not None else []
+    for key, value in settings.items():
+        if key in ("data", "quiet", "name"):  # name: the sweep's folder, not the run's
+            continue
+        flag_name = key.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(f"--{flag_name}" if value else f"--no-{flag_name}")
+        else:
+            parts += [f"--{flag_name}", shlex.quote(str(value))]
+    return " ".join([*parts, "--lr", f"{lr:.2e}"])

@@ -50,9 +50,82 @@ class GraftedClassifier(nn.Module):
         head_ids = {id(p) for p in self.head.parameters()}
         return [p for p in self.parameters() if id(p) not in head_ids]
 
-    def set_backbone_trainable(self, trainable: bool) -> None:
+    def set_backbone_trainable(self, trainable: bool, *, depthwise: bool = True) -> None:
+        """Let the backbone learn (or not); `depthwise` False keeps depthwise filters fixed.
+
+        On a CPU the weight gradient of a depthwise convolution is the slowest op of a
+        MobileNet-style step (measured on EfficientNet-Lite0 at 64 px: 2.4x faster steps
+        without it), while those filters are 5% of the weights.
+        """
         for parameter in self.backbone_parameters():
             parameter.requires_grad_(trainable)
+        if trainable and not depthwise:
+            for module in self.net.modules():
+                if isinstance(module, nn.Conv2d) and module.groups > 1:
+                    module.weight.requires_grad_(False)
+
+    def keep_normalization_statistics(self) -> None:
+        """Put every BatchNorm in eval mode: it normalises with its running statistics.
+
+        Called after `train()` while fine-tuning a backbone whose head learned on features
+        computed with those statistics: batch statistics would change every feature the
+        head was trained on at the first step (the cause of the accuracy collapse at the
+        hand-off from the frozen phase). The affine weights still learn.
+        """
+        for module in self.net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+    def param_groups(
+        self, lr: float, *, weight_decay: float, backbone_lr_divisor: float = 1.0,
+        layer_decay: float | None = None, head_only: bool = False,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """Optimizer groups for the trainable parameters: the one place training and the lr
+        finder get them from.
+
+        The head learns at `lr`; the backbone at `lr / backbone_lr_divisor`, or, with
+        `layer_decay`, at lr * layer_decay ** (blocks between it and the head) (timm's
+        grouping). Norm weights and biases get no weight decay. Frozen parameters are left
+        out. Each group carries `name` for logs and tests.
+        """
+        if layer_decay is not None and not head_only:
+            return _layer_decay_groups(self.net, lr, weight_decay, layer_decay)
+        head_ids = {id(p) for p in self.head.parameters()}
+        parts = [("head", lr, True)]
+        if not head_only:
+            parts.insert(0, ("backbone", lr / backbone_lr_divisor, False))
+        groups = []
+        for part, part_lr, in_head in parts:
+            chosen = [
+                (name, p) for name, p in self.net.named_parameters()
+                if p.requires_grad and (id(p) in head_ids) == in_head
+            ]  # fmt: skip
+            for decays, suffix in ((True, ""), (False, " no decay")):
+                params = [p for name, p in chosen if _decays(name, p) == decays]
+                if params:
+                    groups.append({
+                        "name": part + suffix, "params": params, "lr": part_lr,
+                        "weight_decay": weight_decay if decays else 0.0,
+                    })  # fmt: skip
+        return groups
+
+
+def _decays(name: str, parameter: nn.Parameter) -> bool:
+    """Weight decay shrinks weight matrices and filters, never norms or biases."""
+    return parameter.ndim > 1 and not name.endswith(".bias")
+
+
+def _layer_decay_groups(
+    net: nn.Module, lr: float, weight_decay: float, layer_decay: float
+) -> list[dict[str, Any]]:
+    from timm.optim._param_groups import param_groups_layer_decay
+
+    groups = param_groups_layer_decay(net, weight_decay=weight_decay, layer_decay=layer_decay)
+    for index, group in enumerate(groups):
+        group["lr"] = lr * group.pop("lr_scale", 1.0)
+        group["name"] = f"layer group {index}"
+        group.pop("param_names", None)
+    return groups
 
 
 def create_classifier(

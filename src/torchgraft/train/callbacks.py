@@ -1,7 +1,8 @@
 """Callbacks: what happens around the loop, each a class with documented no-op hooks.
 
-The Trainer calls every callback's hooks in order. A callback may ask the Trainer to stop by
-setting `trainer.stop_reason`; the epoch in progress still finishes and is recorded.
+The Trainer calls every callback's hooks in order. A callback keeps its own state (and saves
+it with `state_dict` for a resumed run, as Lightning's do); it may ask the Trainer to stop
+with `trainer.stop(reason)`. Pass your own to `api.train(..., callbacks=[...])`.
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from torchgraft.artifact import atomic_write_bytes
+from torchgraft.train.loop import StepRecord
 
 if TYPE_CHECKING:
     from torchgraft.train.engine import Trainer
@@ -25,7 +26,7 @@ METRICS_FILE = "metrics.csv"
 
 @dataclass
 class EpochRecord:
-    phase: str  # "frozen" (head only) or "finetune" (whole network)
+    phase: str  # "head" (on cached features), "finetune" (whole network) or "scratch"
     epoch: int  # 1-based, counted across phases
     train_loss: float
     train_accuracy: float
@@ -38,6 +39,14 @@ class EpochRecord:
         """Higher is better: accuracy as it is, loss negated."""
         return self.val_accuracy if monitor == "val_accuracy" else -self.val_loss
 
+    def improves_on(self, best: EpochRecord | None, monitor: str) -> bool:
+        """A higher monitored score wins; on a tie, the lower validation loss."""
+        if best is None:
+            return True
+        if self.score(monitor) != best.score(monitor):
+            return self.score(monitor) > best.score(monitor)
+        return self.val_loss < best.val_loss
+
 
 class Callback:
     """Base class: every hook does nothing."""
@@ -45,11 +54,47 @@ class Callback:
     def on_train_start(self, trainer: Trainer) -> None:
         """Before the first epoch of this process (a resumed run calls it again)."""
 
+    def on_step_end(self, trainer: Trainer, step: StepRecord) -> None:
+        """After every optimizer step (its loss, learning rate and images)."""
+
     def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
         """After an epoch has been trained and validated; `trainer.records` includes it."""
 
     def on_train_end(self, trainer: Trainer) -> None:
         """After the last epoch, an early stop, or a time limit."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data to resume with (saved in every checkpoint)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what `state_dict` returned."""
+
+
+class BestSoFar(Callback):
+    """Remembers the best epoch by the monitored score (ties: the lower validation loss)."""
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor
+        self.best: EpochRecord | None = None
+
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
+        if record.improves_on(self.best, self.monitor):
+            self.best = record
+            self.on_improvement(trainer, record)
+
+    def on_improvement(self, trainer: Trainer, record: EpochRecord) -> None:
+        """Called when `record` becomes the best epoch."""
+
+    @property
+    def best_epoch(self) -> int | None:
+        return self.best.epoch if self.best is not None else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": asdict(self.best) if self.best is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = EpochRecord(**state["best"]) if state.get("best") else None
 
 
 class MetricsCsv(Callback):
@@ -63,69 +108,52 @@ class MetricsCsv(Callback):
         atomic_write_bytes(trainer.run.path / METRICS_FILE, buffer.getvalue().encode())
 
 
-class BestWeights(Callback):
+class BestWeights(BestSoFar):
     """model.safetensors holds the weights of the best epoch so far (the EMA's, if used).
 
-    Every rank tracks the best epoch (early stopping needs it); only a `write`r saves.
+    Every rank tracks the best epoch; only a `write`r saves.
     """
 
-    def __init__(self, write: bool = True) -> None:
+    def __init__(self, monitor: str, write: bool = True) -> None:
+        super().__init__(monitor)
         self.write = write
 
-    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
-        score = record.score(trainer.monitor)
-        if trainer.best_score is not None and score <= trainer.best_score:
-            return
-        trainer.best_score = score
-        trainer.best_epoch = record.epoch
+    def on_improvement(self, trainer: Trainer, record: EpochRecord) -> None:
         if not self.write:
             return
         trainer.run.save_weights(trainer.evaluated_model().state_dict())
         trainer.run.info.metrics = {
             **trainer.run.info.metrics,
             "val_accuracy": record.val_accuracy, "val_loss": record.val_loss,
-            "epoch": record.epoch, "monitor": trainer.monitor,
+            "epoch": record.epoch, "monitor": self.monitor,
         }  # fmt: skip
         trainer.run.save_info()
 
 
-class EpochLog(Callback):
+class EpochLog(BestSoFar):
     """One log line per epoch (the CLI shows it above the progress bars)."""
 
     def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
-        best = "  * best" if trainer.best_epoch == record.epoch else ""
+        best = record.improves_on(self.best, self.monitor)
+        super().on_epoch_end(trainer, record)
         logger.info(
             "epoch %d (%s): train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs%s",
             record.epoch, record.phase, record.train_loss, record.train_accuracy,
-            record.val_loss, record.val_accuracy, record.seconds, best,
+            record.val_loss, record.val_accuracy, record.seconds, "  * best" if best else "",
         )  # fmt: skip
 
 
-class EarlyStopping(Callback):
+class EarlyStopping(BestSoFar):
     """Stop when the monitored score has not improved for `patience` epochs."""
 
-    def __init__(self, patience: int) -> None:
+    def __init__(self, monitor: str, patience: int) -> None:
+        super().__init__(monitor)
         self.patience = patience
 
     def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
-        if trainer.best_epoch is not None and record.epoch - trainer.best_epoch >= self.patience:
-            trainer.stop_reason = (
-                f"early stop: {trainer.monitor} has not improved for {self.patience} epochs"
-            )
-
-
-class TimeLimit(Callback):
-    """Stop before an epoch that would end past the limit; cut one short if it overruns."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def on_train_start(self, trainer: Trainer) -> None:
-        trainer.deadline = time.monotonic() + self.seconds
-
-    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
-        if trainer.deadline is not None and time.monotonic() + record.seconds > trainer.deadline:
-            trainer.stop_reason = f"time limit of {self.seconds:.0f}s reached"
+        super().on_epoch_end(trainer, record)
+        if self.best is not None and record.epoch - self.best.epoch >= self.patience:
+            trainer.stop(f"early stop: {self.monitor} has not improved for {self.patience} epochs")
 
 
 class Checkpointer(Callback):
@@ -139,7 +167,8 @@ class Checkpointer(Callback):
 class TensorBoardLogger(Callback):
     """Scalars per epoch, a grid of training images, and the hyper-parameters at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, hyperparameters: dict[str, Any] | None = None) -> None:
+        self.hyperparameters = hyperparameters or {}  # logged with the best accuracy at the end
         self.writer: Any = None
 
     def on_train_start(self, trainer: Trainer) -> None:
@@ -158,7 +187,7 @@ class TensorBoardLogger(Callback):
         self.writer.flush()
 
     def on_train_end(self, trainer: Trainer) -> None:
-        hyper = {k: v for k, v in trainer.hyperparameters().items() if v is not None}
+        hyper = {k: v for k, v in self.hyperparameters.items() if v is not None}
         best = trainer.run.info.metrics.get("val_accuracy", 0.0)
         self.writer.add_hparams(hyper, {"hparam/best_val_accuracy": best}, run_name="hparams")
         self.writer.close()

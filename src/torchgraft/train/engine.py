@@ -1,29 +1,30 @@
-"""The Trainer: runs the phases of a recipe epoch by epoch, resumably.
+"""The Trainer: runs the phases of a plan epoch by epoch, resumably.
 
-A plan is a list of phases: "frozen" (only the new head learns, on cached backbone features)
-and "finetune" (the whole network, the backbone at a fraction of the head's rate). Each phase
-has its own AdamW optimizer and one-cycle schedule. After every epoch the callbacks record
-it, keep the best weights and write a checkpoint; a resumed Trainer restores the weights,
-the optimizer, the schedule and the random state, and continues with the next epoch exactly
-as the uninterrupted run would have.
+A plan is a list of phase objects (`train.phases`): the head alone on cached features, the
+whole network, or a network from scratch. Each phase gets its own AdamW optimizer over the
+groups it names and a one-cycle schedule whose length a time budget may set. After every
+step and every epoch the callbacks hear about it; they record, keep the best weights,
+checkpoint, and may stop the run. A resumed Trainer restores the weights, the optimizer, the
+schedule, the callbacks' state and the random state, and continues with the next epoch
+exactly as the uninterrupted run would have.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim import AdamW
-from torch.optim.lr_scheduler import OneCycleLR
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader, TensorDataset
 from torchvision.utils import make_grid
 
 from torchgraft.artifact import Run
-from torchgraft.config import RunConfig
 from torchgraft.data import make_loader
 from torchgraft.models import GraftedClassifier
 from torchgraft.train.callbacks import Callback, EpochRecord
@@ -38,134 +39,248 @@ from torchgraft.train.distributed import (
     Distributed,
     ShardSampler,
     any_rank,
+    broadcast_text,
     sum_over_ranks,
 )
-from torchgraft.train.loop import EpochResult, StepOptions, evaluate, train_one_epoch
+from torchgraft.train.loop import EpochResult, StepOptions, StepRecord, evaluate, train_one_epoch
+from torchgraft.train.optim import OptimizerSettings
+from torchgraft.train.phases import ImageSet, Phase, PhaseData, feature_data, phase_from_dict
+from torchgraft.train.schedule import OneCycle, curve_of, one_cycle
 
-ImageSet = Dataset[tuple[torch.Tensor, int]]
+Features = tuple[TensorDataset, TensorDataset]
 
 
-@dataclass
-class Phase:
-    name: str  # "frozen" or "finetune"
-    epochs: int
+@dataclass(frozen=True)
+class TrainerSettings:
+    """Everything the Trainer decides with, resolved (no "auto", no None left to fill)."""
+
+    optimizer: OptimizerSettings
+    batch_size: int  # images per step, over all ranks
+    num_workers: int  # loader processes for image phases
+    seed: int  # shuffling order: seed and epoch decide it, so a resume sees the same batches
+    ema_decay: float  # score an exponential moving average of the weights; 0: none
+    train_depthwise: bool  # False: depthwise filters stay fixed (CPU speed)
+    keep_norm_statistics: bool  # whole-network phases normalise with the running statistics
+    quiet: bool  # no progress bars
 
 
 @dataclass
 class TrainingData:
-    """What the phases train on; `features` is filled on first use (frozen phase only)."""
+    """What the phases train on; `features` computes (or loads) the head phase's features."""
 
-    train_images: ImageSet  # augmented, for fine-tuning
-    train_plain: ImageSet  # no augmentation, for features
+    train_images: ImageSet  # augmented, for whole-network phases
     val_images: ImageSet
-    features: tuple[TensorDataset, TensorDataset] | None = None
+    features: Callable[[], Features]
+    _computed: Features | None = None
+
+    def head_features(self) -> Features:
+        if self._computed is None:
+            self._computed = self.features()
+        return self._computed
+
+
+@dataclass
+class _ActivePhase:
+    index: int
+    phase: Phase
+    module: nn.Module
+    train: DataLoader[Any]
+    val: DataLoader[Any]
+    options: StepOptions
+    optimizer: AdamW
+    scheduler: LambdaLR
+
+    @property
+    def curve(self) -> OneCycle:
+        return curve_of(self.scheduler)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(len(self.train) / self.options.accumulate))
 
 
 class Trainer:
-    """Runs `phases` on `model`, calling `callbacks` after every epoch."""
+    """Runs `phases` on `model`, telling `callbacks` about every step and epoch."""
 
     def __init__(
-        self, run: Run, model: GraftedClassifier, data: TrainingData, config: RunConfig,
-        device: torch.device, phases: list[Phase], callbacks: list[Callback],
-        step_options: StepOptions, feature_source: Any = None, distributed: Distributed = SINGLE,
+        self, run: Run, model: GraftedClassifier, data: TrainingData, phases: list[Phase],
+        settings: TrainerSettings, step_options: StepOptions, callbacks: list[Callback],
+        device: torch.device, distributed: Distributed = SINGLE,
     ) -> None:  # fmt: skip
-        self.run, self.model, self.data, self.config = run, model, data, config
-        self.device, self.phases, self.callbacks = device, phases, callbacks
-        self.step_options = step_options  # for the fine-tune phase
-        self.feature_source = feature_source  # computes (or loads) frozen-backbone features
-        self.distributed = distributed
-        self._parallel_model: nn.Module | None = None  # the DDP wrapper, made on first use
-        self.ema = _make_ema(model, config.train.ema_decay)
-        self.monitor = config.train.monitor
+        self.run, self.model, self.data, self.phases = run, model, data, phases
+        self.settings, self.step_options, self.callbacks = settings, step_options, callbacks
+        self.device, self.distributed = device, distributed
+        self.ema = _make_ema(model, settings.ema_decay)
         self.records: list[EpochRecord] = []
-        self.best_score: float | None = None
-        self.best_epoch: int | None = None
         self.epoch = 0  # completed epochs, across phases
         self.position = (0, 0)  # (phase index, completed epochs in that phase)
         self.stop_reason: str | None = None
-        self.deadline: float | None = None
         self.epoch_complete = True
-        self._optimizer: AdamW | None = None
-        self._scheduler: OneCycleLR | None = None
+        self._active: _ActivePhase | None = None
+        self._parallel_model: nn.Module | None = None  # the DDP wrapper, made on first use
+
+    # --- what callbacks may ask and do ----------------------------------------------------
+
+    def stop(self, reason: str) -> None:
+        """End the run after the current step (an epoch under DDP); the first reason stays."""
+        self.stop_reason = self.stop_reason or reason
+
+    @property
+    def phase_index(self) -> int:
+        return self.position[0]
+
+    @property
+    def phase_name(self) -> str:
+        return self.phases[self.phase_index].name
+
+    @property
+    def phase_epochs(self) -> int:
+        return self.phases[self.phase_index].epochs
+
+    @property
+    def in_last_phase(self) -> bool:
+        return self.phase_index == len(self.phases) - 1
+
+    @property
+    def phase_finished(self) -> bool:
+        return self.position[1] >= self.phase_epochs
+
+    @property
+    def phase_steps(self) -> int:
+        """Optimizer steps taken so far in the current phase."""
+        return int(self._require_active().scheduler.last_epoch)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self._require_active().steps_per_epoch
+
+    @property
+    def validation_images_per_step(self) -> float:
+        """Validation images per training image of one step (to estimate validation time)."""
+        active = self._require_active()
+        per_step = self.settings.batch_size * active.options.accumulate
+        return len(active.val.dataset) / max(1, per_step)  # type: ignore[arg-type]
+
+    @property
+    def distributed_run(self) -> bool:
+        return self.distributed.world_size > 1
+
+    def plan_steps(self, total: int) -> None:
+        """Set the current phase's schedule to `total` steps; its epochs follow from it."""
+        active = self._require_active()
+        if self.distributed_run:  # every rank must take the same steps: rank 0 decides
+            total = int(broadcast_text(str(total), self.distributed))
+        active.curve.total_steps = max(total, self.phase_steps + 1)
+        active.phase.epochs = math.ceil(active.curve.total_steps / active.steps_per_epoch)
+
+    # --- running ---------------------------------------------------------------------------
 
     def fit(self, checkpoint: Checkpoint | None = None) -> None:
         """Run the remaining epochs of every phase (all of them without a checkpoint)."""
         if checkpoint is not None:
             self._restore(checkpoint)
-        for callback in self.callbacks:
-            callback.on_train_start(self)
-        start_phase, done = self.position
-        for index in range(start_phase, len(self.phases)):
-            self._run_phase(index, done if index == start_phase else 0, checkpoint)
+        self._call("on_train_start")
+        for index in range(self.position[0], len(self.phases)):
+            if index > self.position[0]:
+                self.position = (index, 0)
+            if self.position[1] < self.phases[index].epochs:
+                self._run_phase(index, checkpoint)
             if self.stop_reason:
                 break
-        for callback in self.callbacks:
-            callback.on_train_end(self)
+        self._call("on_train_end")
 
     def evaluated_model(self) -> nn.Module:
-        """The model whose scores count: the EMA when one is kept, once fine-tuning runs.
+        """The model whose scores count: the EMA when one is kept, in whole-network phases.
 
-        The frozen phase trains the head alone, without an average, so it scores the model.
+        The head phase trains the head alone, without an average, so it scores the model.
         """
         phase = self.phases[min(self.position[0], len(self.phases) - 1)]
-        if self.ema is not None and phase.name == "finetune":
+        if self.ema is not None and phase.whole_network:
             return self.ema.module
         return self.model
 
-    def _run_phase(self, index: int, done: int, checkpoint: Checkpoint | None) -> None:
+    def _run_phase(self, index: int, checkpoint: Checkpoint | None) -> None:
         phase = self.phases[index]
-        module, train, val, options = self._phase_setup(phase)
-        steps_per_epoch = math.ceil(len(train) / options.accumulate)
-        self._optimizer, self._scheduler = self._optimizer_for(phase, steps_per_epoch)
-        if checkpoint is not None and done > 0 and (index, done) == self.position:
-            restore_optimizer(self._optimizer, checkpoint)
-            self._scheduler.load_state_dict(checkpoint.meta["scheduler"])
-        for phase_epoch in range(done, phase.epochs):
-            self._run_epoch(phase, module, train, val, options)
-            self.position = (index, phase_epoch + 1)
-            for callback in self.callbacks:
-                callback.on_epoch_end(self, self.records[-1])
+        active = self._start_phase(index, phase)
+        resuming = checkpoint is not None and self.position[1] > 0
+        if resuming and checkpoint is not None:
+            restore_optimizer(active.optimizer, checkpoint)
+            active.scheduler.load_state_dict(checkpoint.meta["scheduler"])
+        while self.position[1] < phase.epochs:
+            self._run_epoch(active)
+            self.position = (index, self.position[1] + 1)
+            self._call("on_epoch_end", self.records[-1])
             if any_rank(self.stop_reason is not None, self.distributed):
-                self.stop_reason = self.stop_reason or "stopped by another rank"
+                self.stop("stopped by another rank")
                 return
 
-    def _run_epoch(
-        self, phase: Phase, module: nn.Module, train: DataLoader[Any], val: DataLoader[Any],
-        options: StepOptions,
-    ) -> None:  # fmt: skip
-        assert self._optimizer is not None and self._scheduler is not None
+    def _start_phase(self, index: int, phase: Phase) -> _ActivePhase:
+        module = phase.prepare(self.model, self.settings.train_depthwise)
+        if phase.whole_network:
+            self.step_options.ema = self.ema  # updated after every step
+            options = replace(self.step_options, after_step=self._after_step)
+            if self.settings.keep_norm_statistics:
+                options = replace(options, prepare=self._keep_statistics)
+            data = PhaseData(
+                self.data.train_images, self.data.val_images, self.settings.num_workers,
+                self.settings.batch_size * 2,
+            )  # fmt: skip
+            if self.distributed_run:
+                module = self._parallel(module)
+        else:
+            options = StepOptions(loss=self.step_options.loss, after_step=self._after_step)
+            data = feature_data(self.data.head_features())
+        train, val = self._loaders(data, parallel=phase.whole_network and self.distributed_run)
+        optimizer = AdamW(phase.groups(self.model, self.settings.optimizer))
+        steps_per_epoch = max(1, math.ceil(len(train) / options.accumulate))
+        scheduler, _ = one_cycle(optimizer, phase.epochs * steps_per_epoch)
+        self._active = _ActivePhase(index, phase, module, train, val, options, optimizer, scheduler)
+        return self._active
+
+    def _run_epoch(self, active: _ActivePhase) -> None:
         self.epoch += 1
         # The shuffling order depends only on (seed, epoch): a resumed run sees the same batches.
-        if isinstance(train.sampler, ShardSampler):
-            train.sampler.set_epoch(self.epoch)
-        elif train.generator is not None:
-            train.generator.manual_seed(self.config.train.seed * 100_003 + self.epoch)
+        if isinstance(active.train.sampler, ShardSampler):
+            active.train.sampler.set_epoch(self.epoch)
+        elif active.train.generator is not None:
+            active.train.generator.manual_seed(self.settings.seed * 100_003 + self.epoch)
         started = time.perf_counter()
-        # Ranks must take equal steps, so under DDP the time limit acts between epochs only.
-        options.deadline = self.deadline if self.distributed.world_size == 1 else None
-        quiet = self.config.train.quiet
         trained = train_one_epoch(
-            module, train, self._optimizer, self._scheduler, self.device, options,
-            description=f"epoch {self.epoch} {phase.name}", quiet=quiet,
+            active.module, active.train, active.optimizer, active.scheduler, self.device,
+            active.options, description=f"epoch {self.epoch} {active.phase.name}",
+            quiet=self.settings.quiet,
         )  # fmt: skip
-        scored = self._scored_module(phase, module)
-        validated = evaluate(scored, val, self.device, options, quiet=quiet)
+        scored = self._scored_module(active)
+        validated = evaluate(
+            scored, active.val, self.device, active.options, quiet=self.settings.quiet
+        )
         trained, validated = self._combined(trained), self._combined(validated)
-        self.epoch_complete = trained.complete
-        if not trained.complete:
-            self.stop_reason = "time limit reached during the epoch"
+        schedule_done = self.phase_steps >= active.curve.total_steps
+        self.epoch_complete = trained.complete or schedule_done
+        if schedule_done:  # a planned end: this was the phase's last epoch
+            active.phase.epochs = self.position[1] + 1
         self.records.append(
             EpochRecord(
-                phase.name, self.epoch, trained.loss, trained.accuracy, validated.loss,
-                validated.accuracy, self._optimizer.param_groups[-1]["lr"],
+                active.phase.name, self.epoch, trained.loss, trained.accuracy, validated.loss,
+                validated.accuracy, float(active.optimizer.param_groups[-1]["lr"]),
                 time.perf_counter() - started,
             )
         )  # fmt: skip
 
-    def _scored_module(self, phase: Phase, module: nn.Module) -> nn.Module:
-        if phase.name == "finetune" and self.ema is not None:
+    def _after_step(self, step: StepRecord) -> bool:
+        """Tell the callbacks; end the epoch when the schedule is over or one asks to stop."""
+        self._call("on_step_end", step)
+        if step.step >= self._require_active().curve.total_steps:
+            return True
+        return self.stop_reason is not None and not self.distributed_run
+
+    def _keep_statistics(self, module: nn.Module) -> None:
+        self.model.keep_normalization_statistics()
+
+    def _scored_module(self, active: _ActivePhase) -> nn.Module:
+        if active.phase.whole_network and self.ema is not None:
             return self.ema.module
-        return self.model if module is self._parallel_model else module
+        return self.model if active.module is self._parallel_model else active.module
 
     def _combined(self, result: EpochResult) -> EpochResult:
         """One process's epoch averages turned into the averages over all ranks."""
@@ -177,82 +292,54 @@ class Trainer:
         )
         return EpochResult(loss / max(seen, 1), correct / max(seen, 1), result.complete, int(seen))
 
-    def _phase_setup(
-        self, phase: Phase
-    ) -> tuple[nn.Module, DataLoader[Any], DataLoader[Any], StepOptions]:
-        data, train_config = self.config.data, self.config.train
-        if phase.name == "frozen":
-            if self.data.features is None:
-                self.data.features = self.feature_source(self.data)
-            train_features, val_features = self.data.features
-            train = make_loader(train_features, data.batch_size, True, 0, train_config.seed)
-            val = make_loader(val_features, 1024, False, 0)
-            return self.model.head, train, val, StepOptions(loss=self.step_options.loss)
-        self.model.set_backbone_trainable(True)
-        self.step_options.ema = self.ema  # updated after every fine-tune step
-        if self.distributed.world_size > 1:
-            return self._parallel_setup()
-        train = make_loader(
-            self.data.train_images, data.batch_size, True, data.num_workers, train_config.seed
-        )
-        val = make_loader(self.data.val_images, data.batch_size * 2, False, data.num_workers)
-        return self.model, train, val, self.step_options
+    def _loaders(self, data: PhaseData, parallel: bool) -> tuple[DataLoader[Any], DataLoader[Any]]:
+        """Shuffled training batches and ordered validation; under DDP each rank its shard."""
+        batch, seed = self.settings.batch_size, self.settings.seed
+        if not parallel:
+            train = make_loader(data.train, batch, True, data.shuffle_workers, seed)
+            return train, make_loader(data.val, data.val_batch_size, False, data.shuffle_workers)
+        per_rank = max(1, batch // self.distributed.world_size)
+        return tuple(  # type: ignore[return-value]
+            DataLoader(
+                images, batch_size=per_rank * (1 if shuffle else 2),
+                num_workers=data.shuffle_workers,
+                sampler=ShardSampler(len(images), self.distributed, shuffle, seed),  # type: ignore[arg-type]
+            )
+            for images, shuffle in ((data.train, True), (data.val, False))
+        )  # fmt: skip
 
-    def _parallel_setup(self) -> tuple[nn.Module, DataLoader[Any], DataLoader[Any], StepOptions]:
-        """DDP: the model wrapped once; each rank loads its shard, batch_size split over ranks."""
+    def _parallel(self, module: nn.Module) -> nn.Module:
+        """DDP: the model wrapped once, on first use."""
         from torch.nn.parallel import DistributedDataParallel
 
-        context, data, seed = self.distributed, self.config.data, self.config.train.seed
         if self._parallel_model is None:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self._parallel_model = DistributedDataParallel(self.model, device_ids=device_ids)
-        per_rank = max(1, data.batch_size // context.world_size)
-        images = {"train": self.data.train_images, "val": self.data.val_images}
-        train, val = (
-            DataLoader(
-                images[name], batch_size=per_rank * (1 if name == "train" else 2),
-                num_workers=data.num_workers,
-                sampler=ShardSampler(len(images[name]), context, name == "train", seed),  # type: ignore[arg-type]
-            )
-            for name in ("train", "val")
-        )  # fmt: skip
-        return self._parallel_model, train, val, self.step_options
+            self._parallel_model = DistributedDataParallel(module, device_ids=device_ids)
+        return self._parallel_model
 
-    def _optimizer_for(self, phase: Phase, steps_per_epoch: int) -> tuple[AdamW, OneCycleLR]:
-        """AdamW under one cycle; in fine-tuning the backbone learns at lr / divisor."""
-        train = self.config.train
-        assert isinstance(train.lr, float), "the learning rate is resolved before training"
-        lr = train.lr
-        head = list(self.model.head.parameters())
-        if phase.name == "frozen":
-            groups = [{"params": head, "lr": lr}]
-        elif train.layer_decay is not None:
-            groups = _layer_decay_groups(self.model, lr, train.weight_decay, train.layer_decay)
-        else:
-            backbone_lr = lr / train.backbone_lr_divisor
-            groups = [
-                {"params": self.model.backbone_parameters(), "lr": backbone_lr},
-                {"params": head, "lr": lr},
-            ]
-        optimizer = AdamW(groups, weight_decay=train.weight_decay)
-        rates: list[float] = [float(group["lr"]) for group in groups]  # type: ignore[arg-type]
-        total = max(1, phase.epochs * steps_per_epoch)
-        return optimizer, OneCycleLR(optimizer, max_lr=rates, total_steps=total)
+    def _call(self, hook: str, *arguments: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *arguments)
+
+    def _require_active(self) -> _ActivePhase:
+        assert self._active is not None, "asked about a phase before one started"
+        return self._active
+
+    # --- checkpoints -----------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        assert self._optimizer is not None and self._scheduler is not None
+        active = self._require_active()
         progress = {
             "epoch": self.epoch,
             "position": list(self.position),
-            "phases": [asdict(phase) for phase in self.phases],
-            "best_score": self.best_score,
-            "best_epoch": self.best_epoch,
+            "phases": [phase.to_dict() for phase in self.phases],
             "records": [asdict(record) for record in self.records],
             "stop_reason": self.stop_reason,
+            "callbacks": {key: cb.state_dict() for key, cb in self._keyed_callbacks().items()},
         }
         save_checkpoint(
-            self.run.path, model=self.model, optimizer=self._optimizer,
-            scheduler=self._scheduler, progress=progress, ema=self.ema,
+            self.run.path, model=self.model, optimizer=active.optimizer,
+            scheduler=active.scheduler, progress=progress, ema=self.ema,
         )  # fmt: skip
 
     def _restore(self, checkpoint: Checkpoint) -> None:
@@ -263,8 +350,22 @@ class Trainer:
         restore_rng(checkpoint)
         self.epoch = int(progress["epoch"])
         self.position = (int(progress["position"][0]), int(progress["position"][1]))
-        self.best_score, self.best_epoch = progress["best_score"], progress["best_epoch"]
         self.records = [EpochRecord(**record) for record in progress["records"]]
+        saved = progress.get("callbacks", {})
+        for key, callback in self._keyed_callbacks().items():
+            if key in saved:
+                callback.load_state_dict(saved[key])
+
+    def _keyed_callbacks(self) -> dict[str, Callback]:
+        """Callbacks by class name (numbered when a class appears twice), for checkpoints."""
+        keyed: dict[str, Callback] = {}
+        for callback in self.callbacks:
+            name = type(callback).__name__
+            key, number = name, 2
+            while key in keyed:
+                key, number = f"{name}-{number}", number + 1
+            keyed[key] = callback
+        return keyed
 
     def sample_image_grid(self) -> torch.Tensor | None:
         """A grid of up to 16 training images as the network sees them (for TensorBoard)."""
@@ -274,39 +375,19 @@ class Trainer:
         images = [self.data.train_images[i][0] for i in range(count)]
         return make_grid(torch.stack(images), nrow=4)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        flat: dict[str, Any] = {"model": self.config.model.name}
-        for section in ("data", "train"):
-            for key, value in asdict(getattr(self.config, section)).items():
-                if isinstance(value, (int, float, str, bool)):
-                    flat[f"{section}.{key}"] = value
-        return flat
+
+def saved_phases(checkpoint: Checkpoint) -> list[Phase]:
+    return [phase_from_dict(saved) for saved in checkpoint.meta["progress"]["phases"]]
 
 
-def _layer_decay_groups(
-    model: GraftedClassifier, lr: float, weight_decay: float, layer_decay: float
-) -> list[dict[str, Any]]:
-    """One group per depth, lr * layer_decay ** (distance from the head) (timm's grouping).
-
-    The head keeps `lr`; each block towards the input learns `layer_decay` times slower.
-    Norms and biases get no weight decay, as timm does.
-    """
-    from timm.optim._param_groups import param_groups_layer_decay
-
-    groups = param_groups_layer_decay(model.net, weight_decay=weight_decay, layer_decay=layer_decay)
-    for group in groups:
-        group["lr"] = lr * group.pop("lr_scale", 1.0)
-    return groups
-
-
-def _make_ema(model: GraftedClassifier, decay: float | None) -> Any:
+def _make_ema(model: GraftedClassifier, decay: float) -> Any:
     """An exponential moving average of weights and buffers, with the decay warmed up.
 
     A fixed decay from the first step would keep the average near the starting point for
     ~1/(1-decay) steps (BatchNorm statistics especially), so early epochs would score an
     untrained network. As in timm and Ultralytics, the decay ramps up: min(decay, (1+n)/(10+n)).
     """
-    if decay is None:
+    if decay <= 0:
         return None
     from torch.optim.swa_utils import AveragedModel
 

@@ -7,10 +7,13 @@ the backbone entirely, and any change to weights, preprocessing or files makes a
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
-from dataclasses import asdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +86,64 @@ def cached_features(
         features, labels = computed.tensors
         save_tensors(path, {"features": features, "labels": labels})
     return computed
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """Where the head phase's features come from and where they are kept."""
+
+    model_name: str
+    preprocessing: Preprocessing
+    train_key: str  # the decoded training images' cache key (their contents)
+    val_key: str
+    cache_dir: Path | None  # None: compute every time
+    views: int  # 1 plain pass + views-1 augmented passes of the training images
+    augment: str  # the augmentation preset of the augmented views
+    seed: int
+    batch_size: int
+
+
+def frozen_features(
+    model: GraftedClassifier, train_plain: Any, train_augmented: Any, val: Any,
+    settings: FeatureSettings, device: torch.device, quiet: bool,
+) -> tuple[TensorDataset, TensorDataset]:  # fmt: skip
+    """Backbone features of train and val images: from the feature cache, or computed once.
+
+    A frozen backbone maps each image to fixed features, so one pass is enough and every head
+    epoch after it costs milliseconds. With `views` K > 1 the training images pass K times,
+    first plain, then through the augmentation preset (seeded per view), so the head sees
+    varied views while the backbone still runs once per view.
+    """
+    compute = functools.partial(
+        cached_features, model, cache_dir=settings.cache_dir, batch_size=settings.batch_size,
+        device=device, quiet=quiet,
+    )  # fmt: skip
+    base = functools.partial(
+        feature_key, settings.model_name, backbone_digest(model), settings.preprocessing
+    )
+    val_features = compute(val, base(settings.val_key), description="features (val)")
+    views = settings.views if settings.augment != "none" else 1
+    train_views = []
+    for view in range(views):
+        images = train_plain if view == 0 else train_augmented
+        # An augmented view also depends on the preset and the seed that drew it.
+        tag = "" if view == 0 else f"|view{view}|{settings.augment}|{settings.seed}"
+        with seeded(settings.seed * 7919 + view):
+            train_views.append(
+                compute(images, base(settings.train_key + tag),
+                        description=f"features (train, view {view + 1})")
+            )  # fmt: skip
+    features = torch.cat([view.tensors[0] for view in train_views])
+    labels = torch.cat([view.tensors[1] for view in train_views])
+    return TensorDataset(features, labels), val_features
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block under its own seed, leaving the global random state as it was."""
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(state)

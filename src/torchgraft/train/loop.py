@@ -2,13 +2,14 @@
 
 `train_one_epoch` and `evaluate` work on any module and any loader of (inputs, labels): the
 whole network on images, or only the head on cached features. Everything optional in a step
-(mixed precision, accumulation, clipping, MixUp/CutMix, an EMA) is in `StepOptions`.
+(mixed precision, accumulation, clipping, MixUp/CutMix, an EMA) is in `StepOptions`; after
+every optimizer step `after_step` hears the step's loss and may end the epoch (the schedule
+is over, the time is up).
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,19 @@ from tqdm.auto import tqdm
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One optimizer step, as step hooks see it."""
+
+    step: int  # 1-based, counted within the phase
+    loss: float  # mean training loss of the batches behind this step
+    lr: float  # the last parameter group's (the head's) rate used by this step
+    images: int  # training examples behind this step
+
+
+AfterStep = Callable[[StepRecord], bool]  # returns True to end the epoch here
 
 
 @dataclass
@@ -44,7 +58,8 @@ class StepOptions:
     grad_clip: float | None = None  # clip the global gradient norm to this
     batch_transform: BatchTransform | None = None  # MixUp/CutMix on (images, labels)
     ema: Any = None  # torch.optim.swa_utils.AveragedModel updated after every step
-    deadline: float | None = None  # time.monotonic() value after which the epoch stops
+    after_step: AfterStep | None = None  # hears every step; True ends the epoch
+    prepare: Callable[[nn.Module], None] | None = None  # after model.train(), e.g. BN in eval
 
 
 def train_one_epoch(
@@ -61,7 +76,10 @@ def train_one_epoch(
     """One pass over `loader`: forward, loss, backward, step; the schedule steps per step."""
     options = options or StepOptions()
     model.train()
+    if options.prepare is not None:
+        options.prepare(model)
     total_loss, correct, seen, complete = 0.0, 0, 0, True
+    group_loss, group_seen, steps = 0.0, 0, int(getattr(scheduler, "last_epoch", 0))
     optimizer.zero_grad(set_to_none=True)
     with tqdm(loader, desc=description, disable=quiet, leave=False, unit="batch") as progress:
         for index, (inputs, labels) in enumerate(progress):
@@ -76,14 +94,21 @@ def train_one_epoch(
             group_start = index - index % options.accumulate
             group_size = min(options.accumulate, len(loader) - group_start)
             (loss / group_size).backward()
-            last_batch = index + 1 == len(loader)
-            if (index + 1) % options.accumulate == 0 or last_batch:
-                _step(model, optimizer, scheduler, options)
-            total_loss += loss.item() * len(labels)
+            batch_loss = loss.item() * len(labels)
+            total_loss += batch_loss
             correct += (logits.argmax(1) == labels).sum().item()
             seen += len(labels)
+            group_loss, group_seen = group_loss + batch_loss, group_seen + len(labels)
             progress.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
-            if options.deadline is not None and time.monotonic() > options.deadline:
+            last_batch = index + 1 == len(loader)
+            if (index + 1) % options.accumulate and not last_batch:
+                continue
+            lr = float(optimizer.param_groups[-1]["lr"])
+            _step(model, optimizer, scheduler, options)
+            steps += 1
+            record = StepRecord(steps, group_loss / group_seen, lr, group_seen)
+            group_loss, group_seen = 0.0, 0
+            if options.after_step is not None and options.after_step(record):
                 complete = last_batch
                 break
     return EpochResult(total_loss / max(seen, 1), correct / max(seen, 1), complete, seen)

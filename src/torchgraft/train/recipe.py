@@ -1,29 +1,32 @@
-"""The transfer-learning recipe: train a new head on the frozen backbone, then fine-tune all.
+"""The transfer-learning recipe: settle the config, prepare the data, run the phases.
 
-`fit(config)` starts a run and `resume(run)` continues one; both read as a recipe of named
-steps and hand the epochs to the `Trainer`. From-scratch networks skip the frozen phase.
+`fit(config)` starts a run and `resume(run)` continues one. Both read as a recipe of named
+steps, as fastai's `fine_tune` does, and hand the epochs to the `Trainer`. The config is
+settled (every default filled for this model, the learning rate found if asked) before
+graft.json is first written, and not changed afterwards.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 import logging
-from collections.abc import Iterator
-from dataclasses import replace
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
 
-from torchgraft.artifact import Preprocessing, Run, atomic_write_bytes
-from torchgraft.config import RunConfig, TrainConfig, config_from_dict, parse_duration
+from torchgraft.artifact import Preprocessing, Run
+from torchgraft.config import RunConfig, TrainConfig, config_from_dict, parse_duration, to_dict
 from torchgraft.data import DataSplits, DecodedSplit, load_run_splits, split_datasets
 from torchgraft.data.cache import cache_root
-from torchgraft.models import GraftedClassifier, create_classifier, get_spec
+from torchgraft.errors import UserError
+from torchgraft.models import GraftedClassifier, create_classifier, get_spec, recipe_defaults
+from torchgraft.train.budget import TimeBudget
 from torchgraft.train.callbacks import (
     BestWeights,
     Callback,
@@ -32,7 +35,6 @@ from torchgraft.train.callbacks import (
     EpochLog,
     MetricsCsv,
     TensorBoardLogger,
-    TimeLimit,
 )
 from torchgraft.train.checkpoint import Checkpoint, load_checkpoint
 from torchgraft.train.distributed import (
@@ -42,9 +44,11 @@ from torchgraft.train.distributed import (
     join_process_group,
     leave_process_group,
 )
-from torchgraft.train.engine import ImageSet, Phase, Trainer, TrainingData
-from torchgraft.train.features import backbone_digest, cached_features, feature_key
+from torchgraft.train.engine import Trainer, TrainerSettings, TrainingData, saved_phases
+from torchgraft.train.features import FeatureSettings, frozen_features
 from torchgraft.train.loop import StepOptions
+from torchgraft.train.optim import OptimizerSettings
+from torchgraft.train.phases import Phase, extend_plan, plan_phases, whole_network_epochs
 from torchgraft.train.setup import (
     create_run,
     decode_splits,
@@ -55,37 +59,54 @@ from torchgraft.train.setup import (
 
 logger = logging.getLogger(__name__)
 
+HEAD_LR_FACTOR = 5.0  # the head alone on fixed features takes larger steps (mnist5k: 93% vs 86%)
 
-def fit(config: RunConfig, find_lr_only: bool = False) -> Run:
+
+def fit(config: RunConfig, callbacks: Sequence[Callback] = ()) -> Run:
     """Train a classifier as `config` says and return its run directory.
 
-    With `find_lr_only`, stop after the learning-rate sweep (its plot and suggestion are in
-    the run directory).
+    `callbacks` are the user's own (see `train.callbacks.Callback`), called after ours.
     """
+    started = time.monotonic()  # a time limit counts from here: data and features included
     seed_everything(config.train)
     splits = load_run_splits(config)
     spec = get_spec(config.model.name)
     starts_pretrained = spec.pretrainable and config.model.pretrained
+    epochs_asked = config.train.epochs
     config = replace(config, train=resolve_training(config.train, starts_pretrained))
     preprocessing = resolve_preprocessing(spec, config.data, splits)
     model = build_model(config, preprocessing, len(splits.class_names), pretrained=True)
-    context = join_process_group()
-    run = create_run(config, splits, preprocessing, write=context.is_main)
-    if context.world_size > 1:  # rank 0 chose the (unique) folder; everyone uses it
-        run.path = Path(broadcast_text(str(run.path), context))
-    frozen = config.train.freeze_epochs if starts_pretrained else 0
-    phases = [Phase("frozen", frozen), Phase("finetune", config.train.epochs or 0)]
-    phases = [p for p in phases if p.epochs]
-    return train_run(run, config, splits, model, phases, None, find_lr_only)
+    phases = plan_phases(
+        config.train.freeze_epochs or 0, config.train.epochs or 0, starts_pretrained
+    )
+    with training_session(config) as (context, config):
+        device = place_model(model, config, context)
+        decoded = decode_splits(splits, preprocessing, config.data, config.train.quiet)
+        config = settle_learning_rate(config, model, splits, decoded, preprocessing, device)
+        run = create_run(config, splits, preprocessing, write=context.is_main)
+        if context.world_size > 1:  # rank 0 chose the (unique) folder; everyone uses it
+            run.path = Path(broadcast_text(str(run.path), context))
+        record_skipped(run, splits, decoded, write=context.is_main)
+        ours = build_callbacks(config, context.is_main, started, epochs_asked)
+        trainer = trainer_for(run, config, model, splits, decoded, phases, device, context)
+        trainer.callbacks = [*ours, *callbacks]
+        run_trainer(trainer, None)
+    return run
 
 
 def resume(path: str | Path, epochs: int | None = None, quiet: bool | None = None) -> Run:
-    """Continue a run from its last checkpoint; `epochs` extends the fine-tune to that total."""
+    """Continue a run from its last checkpoint; `epochs` extends it to that many
+    whole-network epochs in all."""
     run = Run.load(path)
     config = config_from_dict(run.info.config)
     if quiet is not None:
         config = replace(config, train=replace(config.train, quiet=quiet))
     checkpoint = load_checkpoint(run.path)
+    phases = extend_plan(saved_phases(checkpoint), epochs)
+    say_where_resume_starts(run, checkpoint, phases, epochs)
+    if whole_network_epochs(phases) != config.train.epochs:  # the user asked for more
+        config = replace(config, train=replace(config.train, epochs=whole_network_epochs(phases)))
+        run.info.config = to_dict(config)
     seed_everything(config.train)
     splits = load_run_splits(config)
     if splits.fingerprint() != run.info.data_fingerprint:
@@ -93,28 +114,65 @@ def resume(path: str | Path, epochs: int | None = None, quiet: bool | None = Non
             "the data changed since %s was trained; resuming on the data as it is now", run.path
         )
     model = build_model(config, run.info.preprocessing, run.info.num_classes, pretrained=False)
-    phases = [Phase(**phase) for phase in checkpoint.meta["progress"]["phases"]]
-    phases = extend_plan(phases, epochs)
-    config = replace(config, train=replace(config.train, epochs=sum_finetune(phases)))
-    run.info.config["train"]["epochs"] = config.train.epochs
-    return train_run(run, config, splits, model, phases, checkpoint)
+    with training_session(config) as (context, config):
+        device = place_model(model, config, context)
+        preprocessing = run.info.preprocessing
+        decoded = decode_splits(splits, preprocessing, config.data, config.train.quiet)
+        record_skipped(run, splits, decoded, write=context.is_main)
+        trainer = trainer_for(run, config, model, splits, decoded, phases, device, context)
+        trainer.callbacks = build_callbacks(config, context.is_main, time.monotonic(), None)
+        run_trainer(trainer, checkpoint)
+    return run
+
+
+def say_where_resume_starts(
+    run: Run, checkpoint: Checkpoint, phases: list[Phase], epochs: int | None
+) -> None:
+    """Log the epoch a resume continues from; refuse a finished run with how to extend it."""
+    progress = checkpoint.meta["progress"]
+    index, done = (int(value) for value in progress["position"])
+    finished = index == len(phases) - 1 and done >= phases[index].epochs
+    whole = whole_network_epochs(phases)
+    if finished:
+        raise UserError(
+            f"{run.path} has finished: all {progress['epoch']} epochs are done "
+            f"({whole} of the whole network), so there is nothing to resume. To train "
+            f"longer, pass a larger total: graft train --resume {run.path} --epochs {whole + 2}"
+        )
+    if done >= phases[index].epochs:
+        index, done = index + 1, 0
+    logger.info(
+        "resuming %s after epoch %d: %s phase, epoch %d of %d next%s", run.path,
+        int(progress["epoch"]), phases[index].name, done + 1, phases[index].epochs,
+        f" (extended to {whole} whole-network epochs)" if epochs is not None else "",
+    )  # fmt: skip
 
 
 def resolve_training(train: TrainConfig, starts_pretrained: bool) -> TrainConfig:
-    """Fill the settings whose default depends on the model (saved resolved in graft.json).
+    """Fill every setting whose default depends on the model (models.recipe_defaults).
 
-    A pretrained backbone starts close to a good solution and must not be knocked far from
-    it; a random network needs more epochs and larger steps (measured on mnist5k: the mlp
-    reaches 95% at 1e-2 and 92% at 2e-3 in 10 epochs).
+    Saved resolved in graft.json, so the run says what it did.
     """
-    epochs = train.epochs if train.epochs is not None else (6 if starts_pretrained else 10)
-    lr = train.lr if train.lr is not None else (2e-3 if starts_pretrained else 1e-2)
-    # A random network has no pretrained layers to protect: one learning rate for all.
-    divisor = train.backbone_lr_divisor if starts_pretrained else 1.0
-    layer_decay = train.layer_decay if starts_pretrained else None
+    defaults = recipe_defaults(starts_pretrained)
+    lr = train.lr if train.lr is not None else defaults.lr
     return replace(
-        train, epochs=epochs, lr=lr, backbone_lr_divisor=divisor, layer_decay=layer_decay
-    )
+        train,
+        freeze_epochs=(
+            defaults.freeze_epochs if train.freeze_epochs is None else train.freeze_epochs
+        ),
+        epochs=defaults.epochs if train.epochs is None else train.epochs,
+        lr=lr,
+        head_lr=train.head_lr,
+        backbone_lr_divisor=(
+            train.backbone_lr_divisor if train.backbone_lr_divisor is not None and
+            starts_pretrained else defaults.backbone_lr_divisor
+        ),
+        layer_decay=train.layer_decay if starts_pretrained else None,
+        label_smoothing=(
+            defaults.label_smoothing if train.label_smoothing is None else train.label_smoothing
+        ),
+        ema_decay=defaults.ema_decay if train.ema_decay is None else train.ema_decay,
+    )  # fmt: skip
 
 
 def seed_everything(train: TrainConfig) -> None:
@@ -133,49 +191,104 @@ def build_model(
     )  # fmt: skip
 
 
-def extend_plan(phases: list[Phase], epochs: int | None) -> list[Phase]:
-    """A finished plan plus a new fine-tune phase reaching `epochs` fine-tune epochs in all.
+@contextmanager
+def training_session(config: RunConfig) -> Iterator[tuple[Distributed, RunConfig]]:
+    """The process group (torchrun) and the process's settings, put back afterwards.
 
-    The new phase gets its own one-cycle schedule, warming up from the current weights.
+    Under DDP only rank 0 shows progress and logs; every rank trains.
     """
-    if epochs is None or epochs <= sum_finetune(phases):
-        return phases
-    return [*phases, Phase("finetune", epochs - sum_finetune(phases))]
-
-
-def sum_finetune(phases: list[Phase]) -> int:
-    return sum(phase.epochs for phase in phases if phase.name == "finetune")
-
-
-def train_run(
-    run: Run, config: RunConfig, splits: DataSplits, model: GraftedClassifier,
-    phases: list[Phase], checkpoint: Checkpoint | None, find_lr_only: bool = False,
-) -> Run:  # fmt: skip
-    """Decode the data, then let the Trainer run the phases (from `checkpoint` if given)."""
     context = join_process_group()
-    if not context.is_main:  # one progress bar and one log, from rank 0
+    if not context.is_main:
         config = replace(config, train=replace(config.train, quiet=True))
         logging.getLogger("torchgraft").setLevel(logging.WARNING)
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        return _train_run(run, config, splits, model, phases, checkpoint, context, find_lr_only)
+        yield context, config
+    except KeyboardInterrupt:
+        logger.warning("interrupted: resume with `graft train --resume <run>`")
+        raise
     finally:
         torch.use_deterministic_algorithms(deterministic)  # leave the process as it was
         leave_process_group(context)
 
 
-def _train_run(
-    run: Run, config: RunConfig, splits: DataSplits, model: GraftedClassifier,
-    phases: list[Phase], checkpoint: Checkpoint | None, context: Distributed,
-    find_lr_only: bool = False,
-) -> Run:  # fmt: skip
+def place_model(model: GraftedClassifier, config: RunConfig, context: Distributed) -> torch.device:
     device = device_for(context, resolve_device(config.train.device))
     model.to(device)
     if config.train.channels_last:
         model.to(memory_format=torch.channels_last)
+    return device
+
+
+def settle_learning_rate(
+    config: RunConfig, model: GraftedClassifier, splits: DataSplits,
+    decoded: dict[str, DecodedSplit], preprocessing: Preprocessing, device: torch.device,
+) -> RunConfig:  # fmt: skip
+    """`lr: auto` becomes the lr finder's suggestion, found on the fine-tune set-up."""
+    if config.train.lr != "auto":
+        return config
+    from torchgraft.data import make_loader
+    from torchgraft.train.lr_find import sweep_for_training
+
+    train_images, _ = split_datasets(
+        splits.train, decoded["train"], preprocessing, config.data.augment
+    )
+    loader = make_loader(
+        train_images, config.data.batch_size, True, config.data.num_workers, config.train.seed
+    )
+    model.set_backbone_trainable(True, depthwise=trains_depthwise(config.train, device))
+    result = sweep_for_training(
+        model, loader, device, optimizer_settings(replace(config.train, lr=1.0)),
+        budget_s=LR_FIND_BUDGET_S, quiet=config.train.quiet,
+    )  # fmt: skip
+    logger.info("learning-rate finder suggests %.2e for this run", result.suggestion)
+    return replace(config, train=replace(config.train, lr=result.suggestion))
+
+
+LR_FIND_BUDGET_S = 60.0  # lr: auto sweeps for at most this long before training
+
+
+def optimizer_settings(train: TrainConfig) -> OptimizerSettings:
+    assert isinstance(train.lr, float), "the learning rate is settled before training"
+    assert train.backbone_lr_divisor is not None
+    return OptimizerSettings(
+        lr=train.lr, head_lr=train.head_lr or HEAD_LR_FACTOR * train.lr,
+        weight_decay=train.weight_decay, backbone_lr_divisor=train.backbone_lr_divisor,
+        layer_decay=train.layer_decay,
+    )  # fmt: skip
+
+
+def trains_depthwise(train: TrainConfig, device: torch.device) -> bool:
+    """Depthwise filters learn, except on the CPU with `auto` (their gradient is slow there)."""
+    if train.depthwise == "auto":
+        return device.type != "cpu"
+    return train.depthwise == "train"
+
+
+def trainer_settings(
+    config: RunConfig, device: torch.device, phases: list[Phase]
+) -> TrainerSettings:
+    train = config.train
+    statistics = train.norm_statistics
+    after_head = any(not phase.whole_network for phase in phases)
+    return TrainerSettings(
+        optimizer=optimizer_settings(train), batch_size=config.data.batch_size,
+        num_workers=config.data.num_workers, seed=train.seed,
+        ema_decay=float(train.ema_decay or 0.0),
+        train_depthwise=trains_depthwise(train, device),
+        # The head learned on features normalised by the running statistics: keep them.
+        keep_norm_statistics=statistics == "keep" or (statistics == "auto" and after_head),
+        quiet=train.quiet,
+    )  # fmt: skip
+
+
+def trainer_for(
+    run: Run, config: RunConfig, model: GraftedClassifier, splits: DataSplits,
+    decoded: dict[str, DecodedSplit], phases: list[Phase], device: torch.device,
+    context: Distributed,
+) -> Trainer:  # fmt: skip
+    """A Trainer over the decoded images, ready to fit (callbacks are added by the caller)."""
     preprocessing, data = run.info.preprocessing, config.data
-    decoded = decode_splits(splits, preprocessing, data, config.train.quiet)
-    record_skipped(run, splits, decoded, write=context.is_main)
     train_plain, train_images = split_datasets(
         splits.train, decoded["train"], preprocessing, data.augment
     )
@@ -185,47 +298,67 @@ def _train_run(
         config.model.name, splits.source, len(decoded["train"].kept), len(decoded["val"].kept),
         len(splits.class_names), preprocessing.image_size, device, run.path,
     )  # fmt: skip
-    if config.train.lr == "auto" or find_lr_only:
-        lr = sweep_learning_rate(run, model, train_images, config, device, write=context.is_main)
-        if find_lr_only:
-            return run
-        config = replace(config, train=replace(config.train, lr=lr))
-        run.info.config["train"]["lr"] = lr
-    train_labels = splits.train.labels[decoded["train"].kept]
-    options = step_options(config, train_labels, len(splits.class_names), device)
-    features = functools.partial(frozen_features, model, config, preprocessing, decoded, device)
-    trainer = Trainer(
-        run, model, TrainingData(train_images, train_plain, val_images), config, device,
-        phases, build_callbacks(config.train, context.is_main), options,
-        feature_source=features, distributed=context,
+    feature_settings = FeatureSettings(
+        model_name=config.model.name, preprocessing=preprocessing,
+        train_key=decoded["train"].key, val_key=decoded["val"].key,
+        cache_dir=cache_root(data.cache_dir) if config.train.feature_cache else None,
+        views=config.train.feature_views, augment=data.augment, seed=config.train.seed,
+        batch_size=data.batch_size * 2,
     )  # fmt: skip
-    try:
-        trainer.fit(checkpoint)
-    except KeyboardInterrupt:
-        logger.warning("interrupted: resume with `graft train --resume %s`", run.path)
-        raise
+    features = functools.partial(
+        frozen_features, model, train_plain, train_images, val_images, feature_settings,
+        device, config.train.quiet,
+    )  # fmt: skip
+    train_labels = splits.train.labels[decoded["train"].kept]
+    return Trainer(
+        run, model, TrainingData(train_images, val_images, features), phases,
+        trainer_settings(config, device, phases),
+        step_options(config, train_labels, len(splits.class_names), device), [], device,
+        distributed=context,
+    )  # fmt: skip
+
+
+def run_trainer(trainer: Trainer, checkpoint: Checkpoint | None) -> None:
+    trainer.fit(checkpoint)
     if trainer.stop_reason:
         logger.info("%s", trainer.stop_reason)
-    logger.info("best %s at epoch %s, saved in %s", trainer.monitor, trainer.best_epoch, run.path)
-    return run
+    best = next((cb for cb in trainer.callbacks if isinstance(cb, BestWeights)), None)
+    if best is not None and best.best is not None:
+        logger.info(
+            "best %s at epoch %d, saved in %s", best.monitor, best.best.epoch, trainer.run.path
+        )
 
 
-def build_callbacks(train: TrainConfig, writer: bool = True) -> list[Callback]:
-    """The callbacks a run uses, in order: record, keep the best, decide, checkpoint, log.
-
-    Only the `writer` (rank 0 under DDP) touches the run directory; every rank decides.
-    """
-    callbacks: list[Callback] = [MetricsCsv()] if writer else []
-    callbacks.append(BestWeights(write=writer))
-    if train.early_stop is not None:
-        callbacks.append(EarlyStopping(train.early_stop))
+def build_callbacks(
+    config: RunConfig, writer: bool, started: float, epochs_asked: int | None
+) -> list[Callback]:
+    """The callbacks a run uses, in order: plan the time, record, keep the best, decide,
+    checkpoint, log. Only the `writer` (rank 0 under DDP) touches the run directory; every
+    rank decides."""
+    train = config.train
+    callbacks: list[Callback] = []
     if train.time_limit is not None:
-        callbacks.append(TimeLimit(parse_duration(train.time_limit)))
+        callbacks.append(TimeBudget(parse_duration(train.time_limit), started, epochs_asked))
     if writer:
-        callbacks += [Checkpointer(), EpochLog()]
+        callbacks.append(MetricsCsv())
+    callbacks.append(BestWeights(train.monitor, write=writer))
+    if train.early_stop is not None:
+        callbacks.append(EarlyStopping(train.monitor, train.early_stop))
+    if writer:
+        callbacks += [Checkpointer(), EpochLog(train.monitor)]
     if writer and train.tensorboard:
-        callbacks.append(TensorBoardLogger())
+        callbacks.append(TensorBoardLogger(hyperparameters(config)))
     return callbacks
+
+
+def hyperparameters(config: RunConfig) -> dict[str, object]:
+    """The run's plain settings, flattened for TensorBoard's hparams view."""
+    flat: dict[str, object] = {"model": config.model.name}
+    for section in ("data", "train"):
+        for key, value in asdict(getattr(config, section)).items():
+            if isinstance(value, (int, float, str, bool)):
+                flat[f"{section}.{key}"] = value
+    return flat
 
 
 def step_options(
@@ -238,7 +371,9 @@ def step_options(
         if train.class_weights == "auto"
         else None
     )
-    loss = functools.partial(F.cross_entropy, weight=weight, label_smoothing=train.label_smoothing)
+    loss = functools.partial(
+        F.cross_entropy, weight=weight, label_smoothing=train.label_smoothing or 0.0
+    )
     return StepOptions(
         loss=loss,
         autocast_dtype=autocast_dtype(train.precision, device),
@@ -285,83 +420,3 @@ def _mix(
     mixer: object, images: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return mixer(images.float(), labels)  # type: ignore[operator]
-
-
-def frozen_features(
-    model: GraftedClassifier, config: RunConfig, preprocessing: Preprocessing,
-    decoded: dict[str, DecodedSplit], device: torch.device, data: TrainingData,
-) -> tuple[TensorDataset, TensorDataset]:  # fmt: skip
-    """Backbone features of train and val images: from the feature cache, or computed once.
-
-    A frozen backbone maps each image to fixed features, so one pass is enough and every head
-    epoch after it costs milliseconds. With `feature_views` K > 1 the training images pass
-    K times, first plain, then through the augmentation preset (seeded per view), so the
-    head sees varied views while the backbone still runs once per view.
-    """
-    cache_dir = cache_root(config.data.cache_dir) if config.train.feature_cache else None
-    compute = functools.partial(
-        cached_features, model, cache_dir=cache_dir, batch_size=config.data.batch_size * 2,
-        device=device, quiet=config.train.quiet,
-    )  # fmt: skip
-    base = functools.partial(feature_key, config.model.name, backbone_digest(model), preprocessing)
-    val = compute(data.val_images, base(decoded["val"].key), description="features (val)")
-    views = config.train.feature_views if config.data.augment != "none" else 1
-    train_views = []
-    for view in range(views):
-        images = data.train_plain if view == 0 else data.train_images
-        # An augmented view also depends on the preset and the seed that drew it.
-        tag = "" if view == 0 else f"|view{view}|{config.data.augment}|{config.train.seed}"
-        key = base(decoded["train"].key + tag)
-        with seeded(config.train.seed * 7919 + view):
-            train_views.append(
-                compute(images, key, description=f"features (train, view {view + 1})")
-            )
-    features = torch.cat([view.tensors[0] for view in train_views])
-    labels = torch.cat([view.tensors[1] for view in train_views])
-    return TensorDataset(features, labels), val
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run a block under its own seed, leaving the global random state as it was."""
-    state = torch.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        torch.set_rng_state(state)
-
-
-def sweep_learning_rate(
-    run: Run, model: GraftedClassifier, train_images: ImageSet, config: RunConfig,
-    device: torch.device, write: bool,
-) -> float:  # fmt: skip
-    """The lr finder on the fine-tune set-up (discriminative groups), its plot in figures/."""
-    from torchgraft.data import make_loader
-    from torchgraft.train.lr_find import find_lr, save_lr_plot
-
-    divisor = config.train.backbone_lr_divisor
-    groups = [
-        {"params": model.backbone_parameters(), "lr": 1.0 / divisor},
-        {"params": list(model.head.parameters()), "lr": 1.0},
-    ]
-    loader = make_loader(
-        train_images, config.data.batch_size, True, config.data.num_workers, config.train.seed
-    )
-    result = find_lr(
-        model, loader, device, param_groups=groups, weight_decay=config.train.weight_decay,
-        quiet=config.train.quiet,
-    )  # fmt: skip
-    if write:
-        save_lr_plot(result, run.path / "figures" / "lr_find.png")
-        atomic_write_bytes(
-            run.path / "figures" / "lr_find.json", json.dumps(result.to_dict()).encode()
-        )
-        run.info.metrics = {**run.info.metrics, "lr_find_suggestion": result.suggestion}
-        run.save_info()
-    logger.info(
-        "learning-rate finder suggests %.2e (plot: %s)",
-        result.suggestion,
-        run.path / "figures" / "lr_find.png",
-    )
-    return result.suggestion

@@ -25,12 +25,11 @@ from torchgraft.errors import UserError
 from torchgraft.models import create_classifier
 from torchgraft.testing import make_image_folder
 from torchgraft.train.checkpoint import load_checkpoint
-from torchgraft.train.engine import Phase
+from torchgraft.train.phases import FineTunePhase, HeadPhase, ScratchPhase, extend_plan
 from torchgraft.train.loop import evaluate
 from torchgraft.train.recipe import (
     autocast_dtype,
     class_weights,
-    extend_plan,
     mix_transform,
     step_options,
 )
@@ -200,7 +199,8 @@ def test_accumulation_takes_one_optimizer_step_per_group_of_batches(
     checkpoint = load_checkpoint(run.path)
     expected = 2 * math.ceil(digits_batches() / accumulate)  # 23 batches: 46 steps, or 24
     assert checkpoint.meta["scheduler"]["last_epoch"] == expected
-    assert checkpoint.meta["scheduler"]["total_steps"] == expected  # the schedule ends there
+    curve = checkpoint.meta["scheduler"]["lr_lambdas"][0]
+    assert curve["total_steps"] == expected  # the schedule ends there
     assert int(checkpoint.part("optimizer")["0.step"].item()) == expected
 
 
@@ -267,18 +267,19 @@ def test_mixing_gives_soft_labels_that_sum_to_one(mixup: float, cutmix: float) -
 
 
 def test_extend_plan_leaves_the_plan_alone_without_more_epochs() -> None:
-    plan = [Phase("frozen", 2), Phase("finetune", 3)]
+    plan = [HeadPhase(2), FineTunePhase(3)]
     assert extend_plan(plan, None) == plan
     assert extend_plan(plan, 3) == plan
     assert extend_plan(plan, 2) == plan
 
 
-def test_extend_plan_appends_the_missing_finetune_epochs() -> None:
-    plan = [Phase("frozen", 2), Phase("finetune", 3)]
-    assert extend_plan(plan, 5) == [*plan, Phase("finetune", 2)]
-    extended = [Phase("finetune", 2), Phase("finetune", 2)]
-    assert extend_plan(extended, 7) == [*extended, Phase("finetune", 3)]
-    assert extend_plan([Phase("frozen", 1)], 4) == [Phase("frozen", 1), Phase("finetune", 4)]
+def test_extend_plan_appends_the_missing_whole_network_epochs() -> None:
+    plan = [HeadPhase(2), FineTunePhase(3)]
+    assert extend_plan(plan, 5) == [*plan, FineTunePhase(2)]
+    extended = [FineTunePhase(2), FineTunePhase(2)]
+    assert extend_plan(extended, 7) == [*extended, FineTunePhase(3)]
+    assert extend_plan([HeadPhase(1)], 4) == [HeadPhase(1), FineTunePhase(4)]
+    assert extend_plan([ScratchPhase(3)], 5) == [ScratchPhase(3), ScratchPhase(2)]
 
 
 def test_layer_decay_gives_deeper_blocks_smaller_rates(tmp_path: Path) -> None:
