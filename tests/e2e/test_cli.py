@@ -115,14 +115,17 @@ def test_mlp_from_scratch_reaches_90_percent_on_mnist5k(tmp_path: Path) -> None:
     assert accuracy >= 90.0
 
 
-def test_lr_find_writes_its_plot_and_lr_auto_trains_at_the_suggestion(tmp_path: Path) -> None:
+def test_lr_find_writes_its_plot_in_its_own_folder(tmp_path: Path) -> None:
     found = graft("lr-find", "digits", "--model", "cnn", "--name", "sweep", "--quiet", cwd=tmp_path)
     assert found.returncode == 0, found.stderr
     suggestion = float(re.search(r"suggested learning rate: (\S+)", found.stdout).group(1))  # type: ignore[union-attr]
-    figures = tmp_path / "runs" / "sweep" / "figures"
+    figures = tmp_path / "runs" / "lr-find" / "sweep" / "figures"
     assert (figures / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert 1e-7 < suggestion < 1.0
+    assert "use it: graft train digits --model cnn --lr " in found.stdout
 
+
+def test_lr_auto_trains_at_the_suggestion(tmp_path: Path) -> None:
     trained = graft("train", "digits", "--model", "cnn", "--lr", "auto", "--epochs", "2",
                     "--name", "auto", "--quiet", cwd=tmp_path)  # fmt: skip
     assert trained.returncode == 0, trained.stderr

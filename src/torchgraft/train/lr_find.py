@@ -5,7 +5,8 @@ records the loss at each rate, and stops once the loss blows up. The model comes
 as it went in (weights, BatchNorm statistics, train/eval mode, gradients), and so do the random
 number generators and the loader's shuffling order: the training that follows is the same as
 it would have been without the test. `suggest_lr` reads a rate off the curve and
-`save_lr_plot` draws it.
+`save_lr_plot` draws it. `sweep_for_training` runs it on training's fine-tune parameter
+groups, with as many steps as a time budget allows (a CPU step at 224 px takes seconds).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import copy
 import dataclasses
 import logging
 import math
-from collections.abc import Generator, Iterator, Sequence
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +32,18 @@ from tqdm.auto import tqdm
 
 from torchgraft.artifact import atomic_write_bytes
 from torchgraft.errors import GraftRuntimeError, UserError
+from torchgraft.models import GraftedClassifier
 from torchgraft.plotting import new_figure, to_png
+from torchgraft.train.optim import OptimizerSettings, fine_tune_groups
 
 logger = logging.getLogger(__name__)
 
 SMOOTHING = 0.98  # beta of the exponential moving average of the loss
 TRIM_FRACTION = 0.1  # share of points ignored at each end of the curve by suggest_lr
 FLAT_DROP = 0.01  # a curve whose loss falls by less than this share counts as flat
+MIN_STEPS, MAX_STEPS = 10, 100  # fewer draws no curve; more adds nothing to the suggestion
+PROBE_STEPS = 2  # timed before planning: the first pays one-off costs, so the second is used
+BUDGET_SHARE = 0.9  # of the time left, planned for steps: a margin for a busy machine
 
 
 @dataclass
@@ -49,6 +56,8 @@ class LrFindResult:
     suggestion: float  # the rate suggest_lr reads off `losses`, for the largest group
     stopped_early: bool  # the loss diverged (or stopped being finite) before the last step
     group_ratios: list[float] = field(default_factory=lambda: [1.0])  # group lr / largest lr
+    budget_s: float | None = None  # sweep_for_training: the seconds the steps were planned in
+    estimate_s: float | None = None  # sweep_for_training: the seconds it announced
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
@@ -114,6 +123,110 @@ def find_lr(
     return LrFindResult(
         curve.lrs, curve.losses, curve.raw_losses, suggestion, curve.stopped_early, ratios
     )
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """How many steps a time budget allows, from the measured time of a step."""
+
+    steps: int  # steps of the sweep, MIN_STEPS..MAX_STEPS
+    seconds_per_step: float  # measured (the last probe step: one-off costs excluded)
+    estimate_s: float  # from the start of the call to the end of the sweep
+    budget_s: float  # the seconds allowed, counted from the start of the call
+    fits: bool  # False: even MIN_STEPS overrun the budget (run anyway: no curve otherwise)
+
+
+def sweep_for_training(
+    model: GraftedClassifier,
+    loader: DataLoader[Any],
+    device: torch.device,
+    settings: OptimizerSettings,
+    *,
+    budget_s: float,
+    quiet: bool,
+    clock: Callable[[], float] = time.perf_counter,
+) -> LrFindResult:
+    """`find_lr` on training's fine-tune groups, with as many steps as `budget_s` allows.
+
+    The groups are `fine_tune_groups(model, settings, lr=1.0)`, the ones fine-tuning builds
+    (layer decay and no-decay norms included), so the suggestion is the head's rate for that
+    optimizer. Make the backbone trainable first, as fine-tuning does. `PROBE_STEPS` timed
+    steps (undone afterwards) set the step count: as many as fit in the budget, counted from
+    the start of this call, between MIN_STEPS and MAX_STEPS; the plan is logged before the
+    sweep starts. `clock` is for tests. Model, RNG and loader come back as `find_lr` says.
+    """
+    started = clock()
+    groups = fine_tune_groups(model, settings, lr=1.0)
+    seconds_per_step, inputs = _time_steps(model, loader, device, groups, clock)
+    plan = plan_steps(budget_s, clock() - started, seconds_per_step)
+    _announce(plan, inputs)
+    result = find_lr(
+        model, loader, device, param_groups=groups, steps=plan.steps,
+        weight_decay=settings.weight_decay, quiet=quiet,
+    )  # fmt: skip
+    logger.info(
+        "lr finder took %.1f s (announced: about %.0f s, budget %.0f s)",
+        clock() - started, plan.estimate_s, budget_s,
+    )  # fmt: skip
+    return dataclasses.replace(result, budget_s=budget_s, estimate_s=plan.estimate_s)
+
+
+def plan_steps(budget_s: float, spent_s: float, seconds_per_step: float) -> SweepPlan:
+    """The most steps that end within `budget_s`, `spent_s` of it being gone already."""
+    if not (math.isfinite(budget_s) and budget_s > 0):
+        raise UserError(f"the lr finder's time budget must be positive seconds, got {budget_s}.")
+    available = max(0.0, budget_s - spent_s) * BUDGET_SHARE
+    wanted = math.floor(available / max(seconds_per_step, 1e-9))
+    steps = min(MAX_STEPS, max(MIN_STEPS, wanted))
+    estimate = spent_s + steps * seconds_per_step
+    return SweepPlan(steps, seconds_per_step, estimate, budget_s, fits=wanted >= MIN_STEPS)
+
+
+def _time_steps(
+    model: nn.Module,
+    loader: DataLoader[Any],
+    device: torch.device,
+    groups: list[dict[str, Any]],
+    clock: Callable[[], float],
+) -> tuple[float, torch.Tensor]:
+    """Seconds of one training step (batch loading included), and the last batch's inputs.
+
+    The probe trains at the sweep's start rate and is undone, like the sweep itself.
+    """
+    copies, ratios = _scaled_groups(model, groups)
+    with _restored(model, loader, device):
+        optimizer = AdamW(copies, lr=1e-7)
+        for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
+            group["lr"] = 1e-7 * ratio
+        model.train()
+        batches = _cycle(loader)
+        for _ in range(PROBE_STEPS):
+            begun = clock()
+            inputs, labels = next(batches)
+            _train_step(model, optimizer, inputs.to(device), labels.to(device))
+            if device.type == "cuda":  # kernels run asynchronously: wait before reading
+                torch.cuda.synchronize(device)
+            seconds = clock() - begun
+        batches.close()
+    return seconds, inputs
+
+
+def _announce(plan: SweepPlan, inputs: torch.Tensor) -> None:
+    """Say up front what the sweep will cost, so a long one can be stopped at once."""
+    size = f" at {inputs.shape[-1]} px" if inputs.ndim == 4 else ""
+    what = f"{plan.steps} steps of {len(inputs)} images{size}"
+    if plan.fits:
+        logger.info(
+            "lr finder: %s, about %.0f s (%.2f s a step) within its %.0f s budget",
+            what, plan.estimate_s, plan.seconds_per_step, plan.budget_s,
+        )  # fmt: skip
+        return
+    logger.warning(
+        "lr finder: a step takes %.2f s, so the %.0f s budget fits fewer than %d steps; "
+        "running the minimum, %s, about %.0f s. For a shorter sweep lower the batch size or "
+        "the image size; for a longer one raise the time limit.",
+        plan.seconds_per_step, plan.budget_s, MIN_STEPS, what, plan.estimate_s,
+    )  # fmt: skip
 
 
 def _check_arguments(

@@ -1,8 +1,10 @@
-"""The learning-rate finder on sklearn's 8x8 digits (tiny nets, a fraction of a second each)."""
+"""The learning-rate finder on sklearn's 8x8 digits (tiny nets, a fraction of a second each),
+and its time-budgeted form on training's fine-tune groups."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +25,22 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchgraft.artifact import Preprocessing
 from torchgraft.data import ImageDataset, eval_transform, load_data, make_loader
 from torchgraft.errors import UserError
+from torchgraft.models import create_classifier
 from torchgraft.models.classifier import GraftedClassifier
+from torchgraft.models.registry import IMAGENET_MEAN, IMAGENET_STD
 from torchgraft.models.scratch import MLP, SmallCNN
-from torchgraft.train.lr_find import LrFindResult, find_lr, save_lr_plot, suggest_lr
+from torchgraft.train.lr_find import (
+    MAX_STEPS,
+    MIN_STEPS,
+    PROBE_STEPS,
+    LrFindResult,
+    find_lr,
+    plan_steps,
+    save_lr_plot,
+    suggest_lr,
+    sweep_for_training,
+)
+from torchgraft.train.optim import OptimizerSettings, fine_tune_groups
 
 CPU = torch.device("cpu")
 # One epoch of AdamW on the digits MLP (hidden 512, batch 32) reaches its lowest validation
@@ -296,3 +311,142 @@ def test_an_empty_loader_and_mismatched_curves_are_refused() -> None:
         find_lr(nn.Linear(2, 2), empty, CPU, quiet=True)
     with pytest.raises(UserError, match="equally many"):
         suggest_lr([1e-3, 1e-2], [1.0])
+
+
+# sweep_for_training: training's fine-tune groups, and a step count that fits the budget.
+
+
+def fine_tune_model() -> GraftedClassifier:
+    """EfficientNet-Lite0 (random weights) at 32 px, its backbone trainable as on a CPU."""
+    torch.manual_seed(0)
+    model = create_classifier("efficientnet_lite0", 3, channels=3, image_size=32,
+                              mean=IMAGENET_MEAN, std=IMAGENET_STD)  # fmt: skip
+    model.set_backbone_trainable(True, depthwise=False)
+    return model
+
+
+def random_images(count: int = 8, size: int = 32, channels: int = 3) -> DataLoader[Any]:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (count, channels, size, size), generator=generator)
+    labels = torch.arange(count) % 2
+    return make_loader(TensorDataset(images.to(torch.uint8), labels), 4, True, 0, seed=0)
+
+
+def settings(layer_decay: float | None = None) -> OptimizerSettings:
+    return OptimizerSettings(lr=2e-3, head_lr=1e-2, weight_decay=0.05, backbone_lr_divisor=3.0,
+                             layer_decay=layer_decay)  # fmt: skip
+
+
+@pytest.fixture
+def recorded_groups() -> Iterator[list[list[dict[str, Any]]]]:
+    """Every optimizer group (params, lr, weight decay) at every optimizer step."""
+    steps: list[list[dict[str, Any]]] = []
+    handle = register_optimizer_step_pre_hook(
+        lambda optimizer, args, kwargs: steps.append(
+            [{**group, "params": list(group["params"])} for group in optimizer.param_groups]
+        )
+    )
+    yield steps
+    handle.remove()
+
+
+@pytest.mark.parametrize("layer_decay", [None, 0.75])
+def test_the_sweep_trains_the_groups_fine_tuning_builds(
+    layer_decay: float | None, recorded_groups: list[list[dict[str, Any]]]
+) -> None:
+    model = fine_tune_model()
+    expected = fine_tune_groups(model, settings(layer_decay))
+    sweep_for_training(model, random_images(), CPU, settings(layer_decay), budget_s=1e-3,
+                       quiet=True)  # fmt: skip
+    swept = recorded_groups[-1]  # the sweep's last step (the probe's groups come first)
+    assert [[id(p) for p in g["params"]] for g in swept] == [
+        [id(p) for p in g["params"]] for g in expected
+    ]
+    assert [g["weight_decay"] for g in swept] == [g["weight_decay"] for g in expected]
+    swept_head, expected_head = max(g["lr"] for g in swept), max(g["lr"] for g in expected)
+    assert expected_head == settings().lr  # the head is the fastest group
+    assert [g["lr"] / swept_head for g in swept] == pytest.approx(
+        [g["lr"] / expected_head for g in expected]
+    )
+    assert len({g["lr"] for g in expected}) == (2 if layer_decay is None else len(expected) // 2)
+    assert {g["weight_decay"] for g in expected} == {0.0, 0.05}  # norms and biases: no decay
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class SlowNet(nn.Module):
+    """Every forward pass takes one second on `clock`; the loss never changes (never diverges)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock, self.calls = clock, 0
+        self.body, self.fc = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.clock.now += 1.0
+        self.calls += 1
+        return self.fc(self.body(images.flatten(1))) * 0.0
+
+
+class ClockedLog(logging.Handler):
+    """(fake time, level, message) of every record: when each line was said."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock, self.lines = clock, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((self.clock.now, record.levelno, record.getMessage()))
+
+
+@pytest.mark.parametrize(
+    ("budget_s", "steps", "fits"),
+    [
+        (30.0, 25, True),  # 2 s of probe spent, 90% of the 28 s left: 25 one-second steps
+        (1000.0, MAX_STEPS, True),
+        (5.0, MIN_STEPS, False),  # not even the minimum fits: said, and run anyway
+    ],
+)
+def test_the_step_count_fits_the_budget_counted_from_the_start(
+    budget_s: float, steps: int, fits: bool
+) -> None:
+    clock = FakeClock()
+    net = SlowNet(clock)
+    model = GraftedClassifier(net, (0.5,), (0.5,))
+    log = ClockedLog(clock)
+    logger = logging.getLogger("torchgraft.train.lr_find")
+    logger.addHandler(log)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        result = sweep_for_training(model, random_images(channels=1, size=2), CPU, settings(),
+                                    budget_s=budget_s, quiet=True, clock=clock)  # fmt: skip
+    finally:
+        logger.removeHandler(log)
+        logger.setLevel(level)
+    assert net.calls == PROBE_STEPS + steps and len(result.lrs) == steps
+    assert result.estimate_s == pytest.approx(PROBE_STEPS + steps) == clock.now
+    assert result.budget_s == budget_s
+    said_at, said_level, said = log.lines[0]
+    assert said_at == PROBE_STEPS  # announced after timing, before the first sweep step
+    assert f"{steps} steps of 4 images at 2 px" in said and f"{budget_s:.0f} s budget" in said
+    assert f"about {PROBE_STEPS + steps:.0f} s" in said
+    if fits:
+        assert clock.now <= budget_s and said_level == logging.INFO
+    else:
+        assert said_level == logging.WARNING and f"fewer than {MIN_STEPS} steps" in said
+
+
+@pytest.mark.parametrize("budget_s", [0.0, -1.0, math.nan])
+def test_a_budget_that_is_not_positive_is_refused(budget_s: float) -> None:
+    with pytest.raises(UserError, match="time budget"):
+        plan_steps(budget_s, 0.0, 1.0)
