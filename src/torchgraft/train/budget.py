@@ -3,7 +3,8 @@
 The clock starts when training starts (data, features and the head phase count). Early in
 the last phase, `TimeBudget` measures the step time, estimates the validation that follows
 each epoch, and sets the length of the one-cycle schedule so that all of it, the annealing
-included, ends inside the limit. After each epoch it plans again with what it measured.
+included, ends inside the limit. Every few steps, and after each epoch with the validation
+time measured, it plans again.
 If the machine slows down so much that the plan overruns anyway, the limit still stops the
 run (between epochs under DDP, where ranks must take equal steps).
 """
@@ -27,6 +28,8 @@ WARMUP_STEPS = 2  # the first steps of a phase are slower (allocations, caches):
 MEASURED_STEPS = 4  # then this many steps are timed before the plan is made
 VALIDATION_SHARE = 0.35  # a forward pass costs about this share of a training step per image
 RESERVE_S = 1.0  # saving the last checkpoint and weights, after the last epoch
+REPLAN_EVERY = 10  # steps between plans, so a machine that slows down still ends in time
+RECENT_STEPS = 20  # the step time is the mean of this many latest steps
 
 
 class TimeBudget(Callback):
@@ -40,9 +43,9 @@ class TimeBudget(Callback):
         self.epochs_asked = epochs_asked  # the user's --epochs, which the plan overrides
         self.deadline = math.inf
         self.planned_phase: int | None = None  # the phase index the plan was made for
-        self._step_times: list[float] = []
-        self._last_step_at = 0.0
-        self.validation_s: float | None = None  # measured after an epoch
+        self._step_times: list[float] = []  # gaps between steps of the same epoch
+        self._last_step_at: float | None = None  # None at the start of an epoch
+        self.validation_s: float | None = None  # measured: last step to the end of an epoch
 
     def on_train_start(self, trainer: Trainer) -> None:
         started = self.started if self.started is not None else time.monotonic()
@@ -51,27 +54,31 @@ class TimeBudget(Callback):
     def on_step_end(self, trainer: Trainer, step: StepRecord) -> None:
         now = time.monotonic()
         if trainer.in_last_phase:
-            self._step_times.append(now - self._last_step_at if self._step_times else 0.0)
-            if self.planned_phase != trainer.phase_index and self._measured():
+            if self._last_step_at is not None:
+                self._step_times.append(now - self._last_step_at)
+            measured = len(self._step_times) >= WARMUP_STEPS + MEASURED_STEPS
+            if self.planned_phase != trainer.phase_index and measured:
                 self._plan(trainer, first=True)
+            elif self.planned_phase == trainer.phase_index and step.step % REPLAN_EVERY == 0:
+                self._plan(trainer, first=False)  # the machine may have slowed down
         self._last_step_at = now
         if now > self.deadline and not trainer.distributed_run:
             trainer.stop(f"time limit of {self.seconds:.0f}s reached during the epoch")
 
     def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
+        """Runs after the other callbacks of ours, so their epoch-end work is measured too."""
         now = time.monotonic()
-        if trainer.in_last_phase:
+        if trainer.in_last_phase and self._last_step_at is not None:
             self.validation_s = now - self._last_step_at
             if self.planned_phase == trainer.phase_index and not trainer.phase_finished:
                 self._plan(trainer, first=False)
+        self._last_step_at = None  # the next gap spans validation: not a step time
         if now + RESERVE_S > self.deadline and not trainer.phase_finished:
             trainer.stop(f"time limit of {self.seconds:.0f}s reached")
 
-    def _measured(self) -> bool:
-        return len(self._step_times) > WARMUP_STEPS + MEASURED_STEPS
-
     def step_seconds(self) -> float:
-        timed = self._step_times[WARMUP_STEPS + 1 :]
+        """The mean of the recent step times (the warm-up steps left out)."""
+        timed = self._step_times[WARMUP_STEPS:][-RECENT_STEPS:]
         return sum(timed) / len(timed)
 
     def _plan(self, trainer: Trainer, first: bool) -> None:

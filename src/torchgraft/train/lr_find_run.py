@@ -91,7 +91,7 @@ def run_lr_find(
         config.model.name,
         splits.source,
     )
-    plot = _write(path, result, config)
+    plot = write_lr_find(path, result, config)
     logger.info("lr-find suggests %.2e (plot: %s)", result.suggestion, plot)
     return LrFindReport(result.suggestion, path, plot, result, time_limit_s)
 
@@ -126,7 +126,7 @@ def _prepare_for_fine_tuning(
     model.set_backbone_trainable(True, depthwise=trains_depthwise(train, device))
 
 
-def _write(path: Path, result: LrFindResult, config: RunConfig) -> Path:
+def write_lr_find(path: Path, result: LrFindResult, config: RunConfig) -> Path:
     """figures/lr_find.png and figures/lr_find.json (the curve and the config swept)."""
     plot = save_lr_plot(result, path / "figures" / "lr_find.png")
     record = {**result.to_dict(), "config": to_dict(config)}

@@ -25,7 +25,13 @@ from torchgraft.config import RunConfig, TrainConfig, config_from_dict, parse_du
 from torchgraft.data import DataSplits, DecodedSplit, load_run_splits, split_datasets
 from torchgraft.data.cache import cache_root
 from torchgraft.errors import UserError
-from torchgraft.models import GraftedClassifier, create_classifier, get_spec, recipe_defaults
+from torchgraft.models import (
+    GraftedClassifier,
+    RecipeDefaults,
+    create_classifier,
+    get_spec,
+    recipe_defaults,
+)
 from torchgraft.train.budget import TimeBudget
 from torchgraft.train.callbacks import (
     BestWeights,
@@ -47,6 +53,7 @@ from torchgraft.train.distributed import (
 from torchgraft.train.engine import Trainer, TrainerSettings, TrainingData, saved_phases
 from torchgraft.train.features import FeatureSettings, frozen_features
 from torchgraft.train.loop import StepOptions
+from torchgraft.train.lr_find import LrFindResult
 from torchgraft.train.optim import OptimizerSettings
 from torchgraft.train.phases import Phase, extend_plan, plan_phases, whole_network_epochs
 from torchgraft.train.setup import (
@@ -82,11 +89,13 @@ def fit(config: RunConfig, callbacks: Sequence[Callback] = ()) -> Run:
     with training_session(config) as (context, config):
         device = place_model(model, config, context)
         decoded = decode_splits(splits, preprocessing, config.data, config.train.quiet)
-        config = settle_learning_rate(config, model, splits, decoded, preprocessing, device)
+        config, sweep = settle_learning_rate(config, model, splits, decoded, preprocessing, device)
         run = create_run(config, splits, preprocessing, write=context.is_main)
         if context.world_size > 1:  # rank 0 chose the (unique) folder; everyone uses it
             run.path = Path(broadcast_text(str(run.path), context))
         record_skipped(run, splits, decoded, write=context.is_main)
+        if sweep is not None and context.is_main:
+            keep_lr_sweep(run, sweep, config)
         ours = build_callbacks(config, context.is_main, started, epochs_asked)
         trainer = trainer_for(run, config, model, splits, decoded, phases, device, context)
         trainer.callbacks = [*ours, *callbacks]
@@ -163,16 +172,25 @@ def resolve_training(train: TrainConfig, starts_pretrained: bool) -> TrainConfig
         epochs=defaults.epochs if train.epochs is None else train.epochs,
         lr=lr,
         head_lr=train.head_lr,
-        backbone_lr_divisor=(
-            train.backbone_lr_divisor if train.backbone_lr_divisor is not None and
-            starts_pretrained else defaults.backbone_lr_divisor
-        ),
+        backbone_lr_divisor=backbone_divisor(train, defaults, starts_pretrained),
         layer_decay=train.layer_decay if starts_pretrained else None,
         label_smoothing=(
             defaults.label_smoothing if train.label_smoothing is None else train.label_smoothing
         ),
         ema_decay=defaults.ema_decay if train.ema_decay is None else train.ema_decay,
     )  # fmt: skip
+
+
+def backbone_divisor(
+    train: TrainConfig, defaults: RecipeDefaults, starts_pretrained: bool
+) -> float:
+    """The user's divisor for a pretrained backbone; else the default for this plan."""
+    if not starts_pretrained:
+        return 1.0  # a random network has no pretrained layers to protect
+    if train.backbone_lr_divisor is not None:
+        return train.backbone_lr_divisor
+    head_first = (train.freeze_epochs or 0) > 0
+    return defaults.backbone_lr_divisor_after_head if head_first else defaults.backbone_lr_divisor
 
 
 def seed_everything(train: TrainConfig) -> None:
@@ -223,10 +241,10 @@ def place_model(model: GraftedClassifier, config: RunConfig, context: Distribute
 def settle_learning_rate(
     config: RunConfig, model: GraftedClassifier, splits: DataSplits,
     decoded: dict[str, DecodedSplit], preprocessing: Preprocessing, device: torch.device,
-) -> RunConfig:  # fmt: skip
+) -> tuple[RunConfig, LrFindResult | None]:  # fmt: skip
     """`lr: auto` becomes the lr finder's suggestion, found on the fine-tune set-up."""
     if config.train.lr != "auto":
-        return config
+        return config, None
     from torchgraft.data import make_loader
     from torchgraft.train.lr_find import sweep_for_training
 
@@ -242,7 +260,16 @@ def settle_learning_rate(
         budget_s=LR_FIND_BUDGET_S, quiet=config.train.quiet,
     )  # fmt: skip
     logger.info("learning-rate finder suggests %.2e for this run", result.suggestion)
-    return replace(config, train=replace(config.train, lr=result.suggestion))
+    return replace(config, train=replace(config.train, lr=result.suggestion)), result
+
+
+def keep_lr_sweep(run: Run, sweep: LrFindResult, config: RunConfig) -> None:
+    """The sweep's plot and curve in the run's figures/, its suggestion in the metrics."""
+    from torchgraft.train.lr_find_run import write_lr_find
+
+    write_lr_find(run.path, sweep, config)
+    run.info.metrics = {**run.info.metrics, "lr_find_suggestion": sweep.suggestion}
+    run.save_info()
 
 
 LR_FIND_BUDGET_S = 60.0  # lr: auto sweeps for at most this long before training
@@ -332,15 +359,11 @@ def run_trainer(trainer: Trainer, checkpoint: Checkpoint | None) -> None:
 def build_callbacks(
     config: RunConfig, writer: bool, started: float, epochs_asked: int | None
 ) -> list[Callback]:
-    """The callbacks a run uses, in order: plan the time, record, keep the best, decide,
-    checkpoint, log. Only the `writer` (rank 0 under DDP) touches the run directory; every
+    """The callbacks a run uses, in order: record, keep the best, decide, checkpoint, log,
+    plan the time. Only the `writer` (rank 0 under DDP) touches the run directory; every
     rank decides."""
     train = config.train
-    callbacks: list[Callback] = []
-    if train.time_limit is not None:
-        callbacks.append(TimeBudget(parse_duration(train.time_limit), started, epochs_asked))
-    if writer:
-        callbacks.append(MetricsCsv())
+    callbacks: list[Callback] = [MetricsCsv()] if writer else []
     callbacks.append(BestWeights(train.monitor, write=writer))
     if train.early_stop is not None:
         callbacks.append(EarlyStopping(train.monitor, train.early_stop))
@@ -348,6 +371,8 @@ def build_callbacks(
         callbacks += [Checkpointer(), EpochLog(train.monitor)]
     if writer and train.tensorboard:
         callbacks.append(TensorBoardLogger(hyperparameters(config)))
+    if train.time_limit is not None:  # last: it measures the others' epoch-end work too
+        callbacks.append(TimeBudget(parse_duration(train.time_limit), started, epochs_asked))
     return callbacks
 
 
