@@ -69,14 +69,14 @@ def test_extending_a_finished_run(tmp_path: Path) -> None:
     extended = api.resume(run.path, epochs=4, quiet=True)
     assert [int(row["epoch"]) for row in rows(extended.path)] == [1, 2, 3, 4]
     phases = load_checkpoint(run.path).meta["progress"]["phases"]
-    assert phases == [{"name": "finetune", "epochs": 2}, {"name": "finetune", "epochs": 2}]
+    assert phases == [{"name": "scratch", "epochs": 2}, {"name": "scratch", "epochs": 2}]
     assert api.load_run(run.path).info.config["train"]["epochs"] == 4
 
 
 def test_resume_after_ctrl_c_across_the_phase_boundary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Interrupted in the fine-tune phase after a frozen phase: the resumed run matches."""
+    """Interrupted in the fine-tune phase after a head phase: the resumed run matches."""
     from torchgraft.testing import make_image_folder
     from torchgraft.train import callbacks
 

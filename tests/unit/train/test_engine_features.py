@@ -1,7 +1,7 @@
 """The training engine's optional features, each checked the way a user would check it.
 
 Runs use the bundled 8x8 `digits` set with the small from-scratch `cnn` or `mlp` (a couple of
-seconds each); the frozen-phase cases use a generated 3-class folder and efficientnet_lite0.
+seconds each); the head-phase cases use a generated 3-class folder and efficientnet_lite0.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from torchgraft.errors import UserError
 from torchgraft.models import create_classifier
 from torchgraft.testing import make_image_folder
 from torchgraft.train.checkpoint import load_checkpoint
-from torchgraft.train.phases import FineTunePhase, HeadPhase, ScratchPhase, extend_plan
 from torchgraft.train.loop import evaluate
+from torchgraft.train.phases import FineTunePhase, HeadPhase, ScratchPhase, extend_plan
 from torchgraft.train.recipe import (
     autocast_dtype,
     class_weights,
@@ -293,7 +293,7 @@ def test_layer_decay_gives_deeper_blocks_smaller_rates(tmp_path: Path) -> None:
         tensorboard=False, cache_dir=str(tmp_path / "cache"),
     )  # fmt: skip
     groups = load_checkpoint(run.path).meta["optimizer_groups"]
-    peaks = [group["max_lr"] for group in groups]
+    peaks = [group["initial_lr"] for group in groups]
     assert max(peaks) == pytest.approx(1e-3)  # the head keeps the full rate
     assert min(peaks) < 1e-3 * 0.8**5  # the stem learns far slower
     assert len(set(round(p, 12) for p in peaks)) > 5  # one rate per depth

@@ -1,7 +1,7 @@
 """The frozen-backbone feature cache: reused when nothing changed, rebuilt when anything did.
 
 Every run here is a pretrained efficientnet_lite0 on 24 generated 32 px images with one
-frozen epoch and no fine-tuning, so each costs a second or two on a CPU.
+head epoch (freeze_epochs=1) and no fine-tuning, so each costs a second or two on a CPU.
 """
 
 from __future__ import annotations

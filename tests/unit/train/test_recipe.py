@@ -14,7 +14,7 @@ def test_scratch_mlp_learns_the_digits(tmp_path: Path) -> None:
     assert run.info.preprocessing.image_size == 8 and run.info.preprocessing.channels == 1
     assert run.info.metrics["val_accuracy"] >= 0.9
     rows = list(csv.DictReader((run.path / "metrics.csv").open()))
-    assert [row["phase"] for row in rows] == ["finetune"] * 4  # no frozen phase from scratch
+    assert [row["phase"] for row in rows] == ["scratch"] * 4  # no head phase from scratch
 
 
 def test_frozen_phase_trains_only_the_head(tmp_path: Path) -> None:
