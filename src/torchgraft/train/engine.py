@@ -217,8 +217,7 @@ class Trainer:
     def _start_phase(self, index: int, phase: Phase) -> _ActivePhase:
         module = phase.prepare(self.model, self.settings.train_depthwise)
         if phase.whole_network:
-            self.step_options.ema = self.ema  # updated after every step
-            options = replace(self.step_options, after_step=self._after_step)
+            options = replace(self.step_options, ema=self.ema, after_step=self._after_step)
             if self.settings.keep_norm_statistics:
                 options = replace(options, prepare=self._keep_statistics)
             data = PhaseData(

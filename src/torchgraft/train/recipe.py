@@ -97,8 +97,9 @@ def fit(config: RunConfig, callbacks: Sequence[Callback] = ()) -> Run:
         if sweep is not None and context.is_main:
             keep_lr_sweep(run, sweep, config)
         ours = build_callbacks(config, context.is_main, started, epochs_asked)
-        trainer = trainer_for(run, config, model, splits, decoded, phases, device, context)
-        trainer.callbacks = [*ours, *callbacks]
+        trainer = trainer_for(
+            run, config, model, splits, decoded, phases, device, context, [*ours, *callbacks]
+        )
         run_trainer(trainer, None)
     return run
 
@@ -108,14 +109,14 @@ def resume(path: str | Path, epochs: int | None = None, quiet: bool | None = Non
     whole-network epochs in all."""
     run = Run.load(path)
     config = config_from_dict(run.info.config)
-    if quiet is not None:
-        config = replace(config, train=replace(config.train, quiet=quiet))
     checkpoint = load_checkpoint(run.path)
     phases = extend_plan(saved_phases(checkpoint), epochs)
     say_where_resume_starts(run, checkpoint, phases, epochs)
     if whole_network_epochs(phases) != config.train.epochs:  # the user asked for more
         config = replace(config, train=replace(config.train, epochs=whole_network_epochs(phases)))
-        run.info.config = to_dict(config)
+        run.info.config = to_dict(config)  # saved with the skipped files, below
+    if quiet is not None:  # this session's display, not the run's config
+        config = replace(config, train=replace(config.train, quiet=quiet))
     seed_everything(config.train)
     splits = load_run_splits(config)
     if splits.fingerprint() != run.info.data_fingerprint:
@@ -128,8 +129,10 @@ def resume(path: str | Path, epochs: int | None = None, quiet: bool | None = Non
         preprocessing = run.info.preprocessing
         decoded = decode_splits(splits, preprocessing, config.data, config.train.quiet)
         record_skipped(run, splits, decoded, write=context.is_main)
-        trainer = trainer_for(run, config, model, splits, decoded, phases, device, context)
-        trainer.callbacks = build_callbacks(config, context.is_main, time.monotonic(), None)
+        callbacks = build_callbacks(config, context.is_main, time.monotonic(), None)
+        trainer = trainer_for(
+            run, config, model, splits, decoded, phases, device, context, callbacks
+        )
         run_trainer(trainer, checkpoint)
     return run
 
@@ -312,9 +315,9 @@ def trainer_settings(
 def trainer_for(
     run: Run, config: RunConfig, model: GraftedClassifier, splits: DataSplits,
     decoded: dict[str, DecodedSplit], phases: list[Phase], device: torch.device,
-    context: Distributed,
+    context: Distributed, callbacks: list[Callback],
 ) -> Trainer:  # fmt: skip
-    """A Trainer over the decoded images, ready to fit (callbacks are added by the caller)."""
+    """A Trainer over the decoded images, ready to fit."""
     preprocessing, data = run.info.preprocessing, config.data
     train_plain, train_images = split_datasets(
         splits.train, decoded["train"], preprocessing, data.augment
@@ -340,7 +343,7 @@ def trainer_for(
     return Trainer(
         run, model, TrainingData(train_images, val_images, features), phases,
         trainer_settings(config, device, phases),
-        step_options(config, train_labels, len(splits.class_names), device), [], device,
+        step_options(config, train_labels, len(splits.class_names), device), callbacks, device,
         distributed=context,
     )  # fmt: skip
 
