@@ -15,6 +15,7 @@ from torchgraft.data import UnreadableImage, decode_file, eval_transform
 from torchgraft.errors import UserError, did_you_mean
 from torchgraft.explain.gradcam import grad_cam, png_bytes, side_by_side
 from torchgraft.models import load_model
+from torchgraft.probabilities import calibrated_probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def explain_images(
         batch = torch.stack([pixels for _, pixels in chunk])
         targets = None if target is None else torch.full((len(chunk),), target)
         cam = grad_cam(model, batch, targets)
-        probabilities = (cam.logits / run.info.temperature).softmax(1)
+        probabilities = calibrated_probabilities(cam.logits, run.info.temperature, dim=1)
         for row, (source, pixels) in enumerate(chunk):
             path = output / png_name(Path(source).stem, used_names)
             save_png(side_by_side(pixels, cam.heatmaps[row]), path)
