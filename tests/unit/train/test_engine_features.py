@@ -27,7 +27,7 @@ from torchgraft.testing import make_image_folder
 from torchgraft.train.checkpoint import load_checkpoint
 from torchgraft.train.loop import evaluate
 from torchgraft.train.phases import FineTunePhase, HeadPhase, ScratchPhase, extend_plan
-from torchgraft.train.recipe import (
+from torchgraft.train.steps import (
     autocast_dtype,
     class_weights,
     mix_transform,
