@@ -13,26 +13,20 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from torchgraft.artifact import Preprocessing, atomic_write_bytes
-from torchgraft.config import RunConfig, TrainConfig, to_dict
-from torchgraft.data import DataSplits, load_run_splits, make_loader, split_datasets
+from torchgraft.config import RunConfig, to_dict
+from torchgraft.data import DataSplits, load_run_splits, split_datasets
 from torchgraft.errors import UserError
-from torchgraft.models import GraftedClassifier, get_spec
-from torchgraft.train.lr_find import LrFindResult, save_lr_plot, sweep_for_training
-from torchgraft.train.recipe import (
-    build_model,
-    optimizer_settings,
-    resolve_training,
-    trains_depthwise,
-)
+from torchgraft.models import get_spec
+from torchgraft.train.distributed import SINGLE
+from torchgraft.train.lr_find import LrFindResult, save_lr_plot
+from torchgraft.train.phases import ImageSet
+from torchgraft.train.recipe import build_model, place_model, resolve_training, sweep_fine_tune
 from torchgraft.train.setup import (
     decode_splits,
-    resolve_device,
     resolve_preprocessing,
     unique_run_path,
 )
@@ -69,9 +63,8 @@ def run_lr_find(
     preprocessing = resolve_preprocessing(spec, config.data, splits)
     starts_pretrained = spec.pretrainable and config.model.pretrained
     model = build_model(config, preprocessing, len(splits.class_names), pretrained=True)
-    device = resolve_device(config.train.device)
-    loader = _training_loader(config, splits, preprocessing)
-    _prepare_for_fine_tuning(model, device, config.train)
+    device = place_model(model, config, SINGLE)
+    images = _training_images(config, splits, preprocessing)
     spent = time.perf_counter() - started
     logger.info(
         "lr-find: %.1f s of the %.0f s time limit went on loading the data and the model; "
@@ -80,11 +73,9 @@ def run_lr_find(
     )  # fmt: skip
     # Training's own resolution (the model's defaults filled in), so the groups are its groups.
     train = resolve_training(replace(config.train, lr=1.0), starts_pretrained)
-    settings = optimizer_settings(train)  # lr 1.0: the groups carry the ratios, lr is swept
-    result = sweep_for_training(
-        model, loader, device, settings,
-        budget_s=max(time_limit_s - spent - FINISH_S, 1e-3), quiet=config.train.quiet,
-    )  # fmt: skip
+    result = sweep_fine_tune(
+        model, images, train, config.data, device, max(time_limit_s - spent - FINISH_S, 1e-3)
+    )
     path = unique_run_path(
         str(Path(config.train.runs_dir) / FOLDER),
         config.train.name,
@@ -96,10 +87,10 @@ def run_lr_find(
     return LrFindReport(result.suggestion, path, plot, result, time_limit_s)
 
 
-def _training_loader(
+def _training_images(
     config: RunConfig, splits: DataSplits, preprocessing: Preprocessing
-) -> DataLoader[Any]:
-    """Shuffled batches of the augmented training images, as fine-tuning sees them."""
+) -> ImageSet:
+    """The augmented training images, as fine-tuning sees them; refuses a split with none."""
     decoded = decode_splits(splits, preprocessing, config.data, config.train.quiet)
     kept, skipped = len(decoded["train"].kept), len(decoded["train"].skipped)
     if skipped:
@@ -110,20 +101,7 @@ def _training_loader(
             f"`graft doctor {splits.source}` to see why."
         )
     _, images = split_datasets(splits.train, decoded["train"], preprocessing, config.data.augment)
-    return make_loader(
-        images, config.data.batch_size, True, config.data.num_workers, config.train.seed
-    )
-
-
-def _prepare_for_fine_tuning(
-    model: GraftedClassifier, device: torch.device, train: TrainConfig
-) -> None:
-    """The model as fine-tuning trains it: on `device`, in its layout, backbone trainable
-    (depthwise filters too, unless training keeps them fixed: by default on a CPU)."""
-    model.to(device)
-    if train.channels_last:
-        model.to(memory_format=torch.channels_last)
-    model.set_backbone_trainable(True, depthwise=trains_depthwise(train, device))
+    return images
 
 
 def write_lr_find(path: Path, result: LrFindResult, config: RunConfig) -> Path:

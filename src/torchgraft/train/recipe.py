@@ -19,7 +19,14 @@ from pathlib import Path
 import torch
 
 from torchgraft.artifact import Preprocessing, Run
-from torchgraft.config import RunConfig, TrainConfig, config_from_dict, parse_duration, to_dict
+from torchgraft.config import (
+    DataConfig,
+    RunConfig,
+    TrainConfig,
+    config_from_dict,
+    parse_duration,
+    to_dict,
+)
 from torchgraft.data import DataSplits, DecodedSplit, load_run_splits, split_datasets
 from torchgraft.data.cache import cache_root
 from torchgraft.errors import UserError
@@ -52,7 +59,7 @@ from torchgraft.train.engine import Trainer, TrainerSettings, TrainingData, save
 from torchgraft.train.features import FeatureSettings, frozen_features
 from torchgraft.train.lr_find import LrFindResult
 from torchgraft.train.optim import OptimizerSettings
-from torchgraft.train.phases import Phase, extend_plan, plan_phases, whole_network_epochs
+from torchgraft.train.phases import ImageSet, Phase, extend_plan, plan_phases, whole_network_epochs
 from torchgraft.train.setup import (
     create_run,
     decode_splits,
@@ -246,22 +253,29 @@ def settle_learning_rate(
     """`lr: auto` becomes the lr finder's suggestion, found on the fine-tune set-up."""
     if config.train.lr != "auto":
         return config, None
+    _, train_images = split_datasets(
+        splits.train, decoded["train"], preprocessing, config.data.augment
+    )
+    result = sweep_fine_tune(
+        model, train_images, config.train, config.data, device, LR_FIND_BUDGET_S
+    )
+    logger.info("learning-rate finder suggests %.2e for this run", result.suggestion)
+    return replace(config, train=replace(config.train, lr=result.suggestion)), result
+
+
+def sweep_fine_tune(
+    model: GraftedClassifier, train_images: ImageSet, train: TrainConfig, data: DataConfig,
+    device: torch.device, budget_s: float,
+) -> LrFindResult:  # fmt: skip
+    """The lr finder on the fine-tune set-up as training builds it: its batches (augmented),
+    its trainable parameters and its groups. `train` is resolved (resolve_training)."""
     from torchgraft.data import make_loader
     from torchgraft.train.lr_find import sweep_for_training
 
-    train_images, _ = split_datasets(
-        splits.train, decoded["train"], preprocessing, config.data.augment
-    )
-    loader = make_loader(
-        train_images, config.data.batch_size, True, config.data.num_workers, config.train.seed
-    )
-    model.set_backbone_trainable(True, depthwise=trains_depthwise(config.train, device))
-    result = sweep_for_training(
-        model, loader, device, optimizer_settings(replace(config.train, lr=1.0)),
-        budget_s=LR_FIND_BUDGET_S, quiet=config.train.quiet,
-    )  # fmt: skip
-    logger.info("learning-rate finder suggests %.2e for this run", result.suggestion)
-    return replace(config, train=replace(config.train, lr=result.suggestion)), result
+    loader = make_loader(train_images, data.batch_size, True, data.num_workers, train.seed)
+    model.set_backbone_trainable(True, depthwise=trains_depthwise(train, device))
+    settings = optimizer_settings(replace(train, lr=1.0))  # the groups carry the ratios
+    return sweep_for_training(model, loader, device, settings, budget_s=budget_s, quiet=train.quiet)
 
 
 def keep_lr_sweep(run: Run, sweep: LrFindResult, config: RunConfig) -> None:
