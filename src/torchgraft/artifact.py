@@ -56,6 +56,7 @@ class RunInfo:
     data_summary: dict[str, Any] = field(default_factory=dict)  # images used and skipped
     metrics: dict[str, Any] = field(default_factory=dict)  # headline results, e.g. val_accuracy
     versions: dict[str, str] = field(default_factory=dict)  # library versions that made it
+    trained_on: dict[str, str] = field(default_factory=dict)  # device, its name, precision
     format_version: int = FORMAT_VERSION
 
     @property

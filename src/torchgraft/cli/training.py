@@ -15,6 +15,7 @@ from torchgraft.config import (
     CACHE_MODES,
     DEPTHWISE,
     DEVICES,
+    LOADERS,
     MONITORS,
     NORM_STATISTICS,
     PRECISIONS,
@@ -150,7 +151,17 @@ def train(
     num_workers: Annotated[
         int | None,
         option(
-            "data.num_workers", "Data-loading worker processes (keep workers + threads <= cores)."
+            "data.num_workers",
+            "Data-loading worker processes (default: 0 on a CPU, where the cores run the steps; "
+            "the cores less one, at most 8, for a GPU).",
+        ),
+    ] = None,
+    loader: Annotated[
+        str | None,
+        option(
+            "data.loader",
+            f"Batches: {', '.join(LOADERS)} (auto: the decoded images resident in GPU memory "
+            "when they fit, with none or light augmentation run there; else a DataLoader).",
         ),
     ] = None,
     cache: Annotated[
@@ -185,11 +196,16 @@ def train(
     precision: Annotated[
         str | None,
         option(
-            "train.precision", f"Precision: {', '.join(PRECISIONS)} (auto: bf16 on GPUs with it)."
+            "train.precision",
+            f"Precision: {', '.join(PRECISIONS)} (auto: bf16 on Ampere and later GPUs, fp16 "
+            "with a gradient scaler on older ones, fp32 on the CPU).",
         ),
     ] = None,
     channels_last: Annotated[
         bool | None, flag("train.channels_last", "Channels-last memory layout.")
+    ] = None,
+    compile: Annotated[
+        bool | None, flag("train.compile", "torch.compile the network (whole-network phases).")
     ] = None,
     accumulate: Annotated[
         int | None, option("train.accumulate", "Batches per optimizer step.")

@@ -62,10 +62,14 @@ def make_loader(
 class CachedImageDataset(Dataset[tuple[torch.Tensor, int]]):
     """Images already decoded and resized (rows of a uint8 array, perhaps memory-mapped)."""
 
-    def __init__(self, pixels: np.ndarray, labels: np.ndarray, augment: Transform | None) -> None:
+    def __init__(
+        self, pixels: np.ndarray, labels: np.ndarray, augment: Transform | None,
+        preset: str = "none",
+    ) -> None:  # fmt: skip
         self.pixels = pixels
         self.labels = labels
         self.augment = augment
+        self.preset = preset  # the augmentation's name (transforms.augmentation)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -89,7 +93,7 @@ def split_datasets(
         extra = augmentation(preprocessing.image_size, augment)
         return (
             CachedImageDataset(decoded.pixels, labels, None),
-            CachedImageDataset(decoded.pixels, labels, extra),
+            CachedImageDataset(decoded.pixels, labels, extra, augment),
         )
     readable = images.subset(decoded.kept)
     channels = preprocessing.channels

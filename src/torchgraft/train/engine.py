@@ -21,12 +21,12 @@ import torch
 from torch import nn
 from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 from torchvision.utils import make_grid
 
 from torchgraft.artifact import Run
-from torchgraft.data import make_loader
 from torchgraft.models import GraftedClassifier
+from torchgraft.train.batches import Batches, BatchSource
 from torchgraft.train.callbacks import Callback, EpochRecord
 from torchgraft.train.checkpoint import (
     Checkpoint,
@@ -62,6 +62,8 @@ class TrainerSettings:
     train_depthwise: bool  # False: depthwise filters stay fixed (CPU speed)
     keep_norm_statistics: bool  # whole-network phases normalise with the running statistics
     quiet: bool  # no progress bars
+    loader: str = "dataloader"  # resident (images on the device), dataloader, or auto
+    compile: bool = False  # torch.compile the network for whole-network phases
 
 
 @dataclass
@@ -84,8 +86,8 @@ class _ActivePhase:
     index: int
     phase: Phase
     module: nn.Module
-    train: DataLoader[Any]
-    val: DataLoader[Any]
+    train: Batches
+    val: Batches
     options: StepOptions
     optimizer: AdamW
     scheduler: LambdaLR
@@ -118,6 +120,10 @@ class Trainer:
         self.epoch_complete = True
         self._active: _ActivePhase | None = None
         self._parallel_model: nn.Module | None = None  # the DDP wrapper, made on first use
+        self._compiled: nn.Module | None = None  # torch.compile's module, made on first use
+        self.batch_source = BatchSource(
+            settings.loader, settings.batch_size, settings.seed, device, distributed
+        )
 
     # --- what callbacks may ask and do ----------------------------------------------------
 
@@ -224,12 +230,15 @@ class Trainer:
                 self.data.train_images, self.data.val_images, self.settings.num_workers,
                 self.settings.batch_size * 2,
             )  # fmt: skip
+            if self.settings.compile:
+                module = self._compile(module)
             if self.distributed_run:
                 module = self._parallel(module)
         else:
             options = StepOptions(loss=self.step_options.loss, after_step=self._after_step)
             data = feature_data(self.data.head_features())
-        train, val = self._loaders(data, parallel=phase.whole_network and self.distributed_run)
+        sharded = phase.whole_network and self.distributed_run
+        train, val = self.batch_source.batches(data, sharded)
         optimizer = AdamW(phase.groups(self.model, self.settings.optimizer))
         steps_per_epoch = max(1, math.ceil(len(train) / options.accumulate))
         scheduler, _ = one_cycle(optimizer, phase.epochs * steps_per_epoch)
@@ -291,21 +300,12 @@ class Trainer:
         )
         return EpochResult(loss / max(seen, 1), correct / max(seen, 1), result.complete, int(seen))
 
-    def _loaders(self, data: PhaseData, parallel: bool) -> tuple[DataLoader[Any], DataLoader[Any]]:
-        """Shuffled training batches and ordered validation; under DDP each rank its shard."""
-        batch, seed = self.settings.batch_size, self.settings.seed
-        if not parallel:
-            train = make_loader(data.train, batch, True, data.shuffle_workers, seed)
-            return train, make_loader(data.val, data.val_batch_size, False, data.shuffle_workers)
-        per_rank = max(1, batch // self.distributed.world_size)
-        return tuple(  # type: ignore[return-value]
-            DataLoader(
-                images, batch_size=per_rank * (1 if shuffle else 2),
-                num_workers=data.shuffle_workers,
-                sampler=ShardSampler(len(images), self.distributed, shuffle, seed),  # type: ignore[arg-type]
-            )
-            for images, shuffle in ((data.train, True), (data.val, False))
-        )  # fmt: skip
+    def _compile(self, module: nn.Module) -> nn.Module:
+        """torch.compile, once per run: its graphs are reused by every later phase."""
+        if self._compiled is None:
+            self._compiled = torch.compile(module)  # type: ignore[assignment]
+        assert self._compiled is not None
+        return self._compiled
 
     def _parallel(self, module: nn.Module) -> nn.Module:
         """DDP: the model wrapped once, on first use."""
@@ -335,7 +335,10 @@ class Trainer:
             "records": [asdict(record) for record in self.records],
             "stop_reason": self.stop_reason,
             "callbacks": {key: cb.state_dict() for key, cb in self._keyed_callbacks().items()},
+            "precision": self.step_options.precision,
         }
+        if self.step_options.scaler is not None:  # fp16's loss scale, so resuming goes on
+            progress["scaler"] = self.step_options.scaler.state_dict()
         save_checkpoint(
             self.run.path, model=self.model, optimizer=active.optimizer,
             scheduler=active.scheduler, progress=progress, ema=self.ema,
@@ -350,6 +353,8 @@ class Trainer:
         self.epoch = int(progress["epoch"])
         self.position = (int(progress["position"][0]), int(progress["position"][1]))
         self.records = [EpochRecord(**record) for record in progress["records"]]
+        if self.step_options.scaler is not None and "scaler" in progress:
+            self.step_options.scaler.load_state_dict(progress["scaler"])
         saved = progress.get("callbacks", {})
         for key, callback in self._keyed_callbacks().items():
             if key in saved:

@@ -29,6 +29,7 @@ from torchgraft.config import (
 )
 from torchgraft.data import DataSplits, DecodedSplit, load_run_splits, split_datasets
 from torchgraft.data.cache import cache_root
+from torchgraft.devices import resolve_device
 from torchgraft.errors import UserError
 from torchgraft.models import (
     GraftedClassifier,
@@ -37,6 +38,7 @@ from torchgraft.models import (
     get_spec,
     recipe_defaults,
 )
+from torchgraft.precision import DeviceProperties, precision_for
 from torchgraft.train.budget import TimeBudget
 from torchgraft.train.callbacks import (
     BestWeights,
@@ -63,8 +65,8 @@ from torchgraft.train.phases import ImageSet, Phase, extend_plan, plan_phases, w
 from torchgraft.train.setup import (
     create_run,
     decode_splits,
+    loader_workers,
     record_skipped,
-    resolve_device,
     resolve_preprocessing,
 )
 from torchgraft.train.steps import step_options
@@ -240,6 +242,7 @@ def training_session(config: RunConfig) -> Iterator[tuple[Distributed, RunConfig
 
 def place_model(model: GraftedClassifier, config: RunConfig, context: Distributed) -> torch.device:
     device = device_for(context, resolve_device(config.train.device))
+    precision_for(config.train.precision, device)  # fp16 on a CPU: refused before decoding
     model.to(device)
     if config.train.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -272,7 +275,8 @@ def sweep_fine_tune(
     from torchgraft.data import make_loader
     from torchgraft.train.lr_find import sweep_for_training
 
-    loader = make_loader(train_images, data.batch_size, True, data.num_workers, train.seed)
+    workers = loader_workers(data.num_workers, device)
+    loader = make_loader(train_images, data.batch_size, True, workers, train.seed)
     model.set_backbone_trainable(True, depthwise=trains_depthwise(train, device))
     settings = optimizer_settings(replace(train, lr=1.0))  # the groups carry the ratios
     return sweep_for_training(model, loader, device, settings, budget_s=budget_s, quiet=train.quiet)
@@ -315,12 +319,12 @@ def trainer_settings(
     after_head = any(not phase.whole_network for phase in phases)
     return TrainerSettings(
         optimizer=optimizer_settings(train), batch_size=config.data.batch_size,
-        num_workers=config.data.num_workers, seed=train.seed,
+        num_workers=loader_workers(config.data.num_workers, device), seed=train.seed,
         ema_decay=float(train.ema_decay or 0.0),
         train_depthwise=trains_depthwise(train, device),
         # The head learned on features normalised by the running statistics: keep them.
         keep_norm_statistics=statistics == "keep" or (statistics == "auto" and after_head),
-        quiet=train.quiet,
+        quiet=train.quiet, loader=config.data.loader, compile=train.compile,
     )  # fmt: skip
 
 
@@ -352,12 +356,20 @@ def trainer_for(
         device, config.train.quiet,
     )  # fmt: skip
     train_labels = splits.train.labels[decoded["train"].kept]
+    options = step_options(config, train_labels, len(splits.class_names), device)
+    run.info.trained_on = trained_on(device, options.precision)  # saved with the best weights
+    logger.info("precision: %s on %s", options.precision, run.info.trained_on["device_name"])
     return Trainer(
         run, model, TrainingData(train_images, val_images, features), phases,
-        trainer_settings(config, device, phases),
-        step_options(config, train_labels, len(splits.class_names), device), callbacks, device,
+        trainer_settings(config, device, phases), options, callbacks, device,
         distributed=context,
     )  # fmt: skip
+
+
+def trained_on(device: torch.device, precision: str) -> dict[str, str]:
+    """What graft.json records about the hardware: the device and the precision used."""
+    name = DeviceProperties.of(device).name
+    return {"device": str(device), "device_name": name, "precision": precision}
 
 
 def run_trainer(trainer: Trainer, checkpoint: Checkpoint | None) -> None:

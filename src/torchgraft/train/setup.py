@@ -1,4 +1,4 @@
-"""Resolving what a run needs before training: preprocessing, device, the run directory."""
+"""Resolving what a run needs before training: preprocessing, the run directory, the data."""
 
 from __future__ import annotations
 
@@ -46,24 +46,6 @@ def default_image_size(spec: BackboneSpec, native_size: int | None) -> int:
     if native_size is None:
         return spec.image_size
     return native_size if not spec.pretrainable else max(native_size, 64)
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA, then Apple's MPS, then the CPU; any other name must exist here.
-
-    A typo or a missing GPU is a UserError before any training starts, the same check
-    serving makes, not a torch traceback from the first tensor moved to the device.
-    """
-    from torchgraft.devices import check_device
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
-    return check_device(name)
 
 
 def create_run(
@@ -116,14 +98,27 @@ def decode_splits(
     return decoded
 
 
-def decode_workers(count: int, num_workers: int) -> int:
+def decode_workers(count: int, num_workers: int | None) -> int:
     """Worker processes for the one-off decoding pass: the cores, unless the split is tiny.
 
     Nothing else computes during this pass, so using every core cannot oversubscribe.
     """
     if count < 256:
         return 0
-    return max(num_workers, min(2, os.cpu_count() or 1))
+    return max(num_workers or 0, min(2, os.cpu_count() or 1))
+
+
+MAX_LOADER_WORKERS = 8
+
+
+def loader_workers(num_workers: int | None, device: torch.device) -> int:
+    """DataLoader processes: as asked, else none on a CPU (its cores run the steps, and
+    workers would compete with them) and the cores less one, at most 8, for a GPU."""
+    if num_workers is not None:
+        return num_workers
+    if device.type == "cpu":
+        return 0
+    return max(1, min(MAX_LOADER_WORKERS, (os.cpu_count() or 2) - 1))
 
 
 def record_skipped(

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from torchgraft.config import RunConfig
+from torchgraft.precision import gradient_scaler, precision_for
 from torchgraft.train.loop import StepOptions
 
 
@@ -18,6 +19,7 @@ def step_options(
 ) -> StepOptions:
     """Loss, precision and the optional step features of the fine-tune phase."""
     train = config.train
+    precision = precision_for(train.precision, device)
     weight = (
         class_weights(train_labels, num_classes).to(device)
         if train.class_weights == "auto"
@@ -28,7 +30,8 @@ def step_options(
     )
     return StepOptions(
         loss=loss,
-        autocast_dtype=autocast_dtype(train.precision, device),
+        precision=precision,
+        scaler=gradient_scaler(precision, device),
         channels_last=train.channels_last,
         accumulate=train.accumulate,
         grad_clip=train.grad_clip,
@@ -43,15 +46,6 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
         counts.sum() / num_classes, counts, out=np.zeros_like(counts), where=counts > 0
     )
     return torch.tensor(weights / weights[weights > 0].mean(), dtype=torch.float32)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where asked, or on `auto` where the GPU supports it; full precision otherwise."""
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
 
 
 def mix_transform(

@@ -27,12 +27,7 @@ from torchgraft.testing import make_image_folder
 from torchgraft.train.checkpoint import load_checkpoint
 from torchgraft.train.loop import evaluate
 from torchgraft.train.phases import FineTunePhase, HeadPhase, ScratchPhase, extend_plan
-from torchgraft.train.steps import (
-    autocast_dtype,
-    class_weights,
-    mix_transform,
-    step_options,
-)
+from torchgraft.train.steps import class_weights, mix_transform, step_options
 
 CHANCE = 0.3  # comfortably above chance (0.1) on the 10 digit classes
 BATCH_SIZE = 64  # the default
@@ -143,7 +138,7 @@ def test_step_options_follow_the_settings() -> None:
     labels = np.array([0, 0, 0, 1, 2, 2])
     options = step_options(config, labels, 3, torch.device("cpu"))
     assert (options.grad_clip, options.accumulate, options.channels_last) == (1.0, 2, True)
-    assert options.autocast_dtype is torch.bfloat16
+    assert (options.precision, options.scaler) == ("bf16", None)
     assert options.batch_transform is not None
     logits, targets = torch.randn(6, 3), torch.tensor([0, 1, 2, 2, 1, 0])
     expected = F.cross_entropy(
@@ -237,13 +232,6 @@ def test_saved_weights_reproduce_the_recorded_score(
 
 
 # --- small pure functions -------------------------------------------------------------------
-
-
-def test_autocast_dtype() -> None:
-    cpu = torch.device("cpu")
-    assert autocast_dtype("auto", cpu) is None
-    assert autocast_dtype("fp32", cpu) is None
-    assert autocast_dtype("bf16", cpu) is torch.bfloat16
 
 
 def test_no_mixing_without_mixup_or_cutmix() -> None:
