@@ -17,6 +17,42 @@ from torchgraft.models.scratch import MLP, SmallCNN
 from torchgraft.models.weights import load_backbone_weights, pretrained_weights
 
 
+class _Float32Input:
+    """Mixed into the stem convolution: it runs in float32 inside an autocast region.
+
+    Measured on the demo model (99.3% on 1,000 mnist5k validation digits in float32): under
+    bf16 autocast it scored 98.6%, with a largest logit change of 1.55; with the stem in
+    float32, 99.2% and 0.40. Rounding only the stem's input to bf16 (its 8-bit mantissa
+    moves a normalised pixel by up to half a grey level) was enough to lose 0.8 points:
+    the stem's BatchNorm multiplies one of its channels by 540 in that model. Rounding the
+    stem's weights or its output cost 0.1 points or nothing.
+    """
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(inputs.device.type):
+            with torch.autocast(inputs.device.type, enabled=False):
+                return super().forward(inputs.float())  # type: ignore[misc]
+        return super().forward(inputs)  # type: ignore[misc]
+
+
+def first_convolution(net: nn.Module) -> nn.Conv2d | None:
+    """The stem: the first convolution registered (timm nets register the stem first)."""
+    return next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def keep_input_in_float32(convolution: nn.Conv2d) -> None:
+    """Make `convolution` compute in float32 under autocast. Its class is swapped for a
+    subclass, not wrapped, so parameter names (and every saved run) stay as they are."""
+    base = type(convolution)
+    if not issubclass(base, _Float32Input):
+        if base not in _FLOAT32_CLASSES:
+            _FLOAT32_CLASSES[base] = type(f"Float32Input{base.__name__}", (_Float32Input, base), {})
+        convolution.__class__ = _FLOAT32_CLASSES[base]
+
+
+_FLOAT32_CLASSES: dict[type, type] = {}  # one subclass per convolution class
+
+
 class GraftedClassifier(nn.Module):
     """uint8 images in, logits out. `net` follows timm's contract (forward_features, ...)."""
 
@@ -30,6 +66,9 @@ class GraftedClassifier(nn.Module):
         # Not persistent: the run's graft.json is the one source of truth for them.
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255, persistent=False)
+        stem = first_convolution(net)
+        if stem is not None:
+            keep_input_in_float32(stem)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float() - self.mean) / self.std
