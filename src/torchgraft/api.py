@@ -107,13 +107,15 @@ def resume(run: Run | str | Path, epochs: int | None = None, quiet: bool | None 
 
 
 def _with_report(run: Run, report: bool, quiet: bool) -> Run:
-    """Training ends with an evaluation: calibration, figures, report.html (rank 0 only).
+    """Training ends with an evaluation: calibration, figures, report.html (rank 0 only),
+    on the device the run trained on.
 
     The weights are saved by then, so a failure here is a warning, not a failed training.
     """
     if report and int(os.environ.get("RANK", "0")) == 0:
+        device = run.info.trained_on.get("device", "auto")
         try:
-            evaluate(run, quiet=quiet)
+            evaluate(run, quiet=quiet, device=device)
         except Exception as error:  # anything: the trained run must still be returned
             logging.getLogger(__name__).warning(
                 "training finished, but the evaluation failed (%s); run `graft evaluate --run "
@@ -123,15 +125,17 @@ def _with_report(run: Run, report: bool, quiet: bool) -> Run:
 
 
 def evaluate(
-    run: Run | str | Path, data: str | Path | None = None, quiet: bool = False, tta: bool = False
-) -> Evaluation:
+    run: Run | str | Path, data: str | Path | None = None, quiet: bool = False,
+    tta: bool = False, device: str = "auto",
+) -> Evaluation:  # fmt: skip
     """Score a run on its validation split (fitting its calibration temperature), or on
     `data`, a test folder or label file; writes metrics.json, figures/ and report.html.
-    `tta` averages predictions over crops (and flips, when the run trained with flips)."""
+    `tta` averages predictions over crops (and flips, when the run trained with flips).
+    `device` auto is the GPU when there is one (bf16 or fp16 there, as in training)."""
     from torchgraft.evaluate import evaluate_run
 
     source = str(data) if data is not None else None
-    return evaluate_run(load_run(run), source, quiet=quiet, tta=tta)
+    return evaluate_run(load_run(run), source, quiet=quiet, tta=tta, device=device)
 
 
 def explain(
@@ -140,13 +144,14 @@ def explain(
     *,
     class_name: str | None = None,
     output_dir: str | Path | None = None,
+    device: str = "auto",
 ) -> Explanations:
     """Grad-CAM heatmaps for image files, for the predicted class or `class_name`, saved as
     PNGs (image and overlay side by side) in RUN/figures/gradcam or `output_dir`."""
     from torchgraft.explain import explain_images
 
     files = [images] if isinstance(images, (str, Path)) else list(images)
-    return explain_images(load_run(run), files, class_name, output_dir)
+    return explain_images(load_run(run), files, class_name, output_dir, device)
 
 
 def load_run(run: Run | str | Path) -> Run:
@@ -155,7 +160,7 @@ def load_run(run: Run | str | Path) -> Run:
 
 def predictor(
     run: Run | str | Path,
-    device: str = "cpu",
+    device: str = "auto",
     class_names: str | Path | None = None,
     batch_size: int = 64,
 ) -> Predictor:
@@ -190,7 +195,7 @@ def predict(
     images: ImageInput | Iterable[ImageInput],
     top_k: int = 3,
     *,
-    device: str = "cpu",
+    device: str = "auto",
     class_names: str | Path | None = None,
     batch_size: int = 64,
     probabilities: bool = False,
@@ -221,14 +226,18 @@ def export(
 
 
 def benchmark(
-    run: Run | str | Path, batch_size: int = 64, seconds: float = 2.0, quiet: bool = False
-) -> BenchmarkReport:
-    """Images/s and p50/p95 latency of eager PyTorch, onnxruntime and AOTInductor (and of
-    the int8 and TorchScript exports when present) at batch 1 and `batch_size`, on this
-    machine. Exports the ONNX and AOTInductor models first if the run has none."""
+    run: Run | str | Path, batch_size: int = 64, seconds: float = 2.0, quiet: bool = False,
+    device: str = "auto",
+) -> BenchmarkReport:  # fmt: skip
+    """Images/s and p50/p95 latency of eager PyTorch (on `device`), onnxruntime and
+    AOTInductor (and of the int8 and TorchScript exports when present; these run on the
+    CPU) at batch 1 and `batch_size`, on this machine. Exports the ONNX and AOTInductor
+    models first if the run has none."""
     from torchgraft.export import benchmark_run
 
-    return benchmark_run(load_run(run), (1, batch_size), seconds=seconds, quiet=quiet)
+    return benchmark_run(
+        load_run(run), (1, batch_size), seconds=seconds, quiet=quiet, device=device
+    )
 
 
 def serve(
@@ -236,7 +245,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     *,
-    device: str = "cpu",
+    device: str = "auto",
     class_names: str | Path | None = None,
     top_k: int = 5,
     max_upload_mb: float = 10.0,

@@ -1,6 +1,8 @@
-"""Checking a device before anything is put on it: a typo or a missing GPU is a message that
-says what to choose, not a traceback from deep inside torch.
+"""Choosing and checking a device before anything is put on it: a typo or a missing GPU is a
+message that says what to choose, not a traceback from deep inside torch.
 
+Every stage (train, evaluate, explain, predict, benchmark, serve) takes `--device`, `auto`
+by default: the GPU when there is one, so a model trained on a GPU is scored there too.
 Low in the import order (it needs only torch and `errors`), so serving can use it without
 importing the training code.
 """
@@ -12,6 +14,19 @@ import torch
 from torchgraft.errors import UserError, did_you_mean
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
+AUTO = "auto"
+
+
+def resolve_device(device: str | torch.device = AUTO) -> torch.device:
+    """`auto` picks CUDA, then Apple's MPS, then the CPU; any other name must exist here."""
+    if str(device) == AUTO:
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    return check_device(device)
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -25,7 +40,8 @@ def check_device(device: str | torch.device) -> torch.device:
         # "gpu" is one letter from "cpu", but whoever types it means an NVIDIA GPU
         is_gpu = name.lower() == "gpu"
         hint = " Did you mean 'cuda'?" if is_gpu else did_you_mean(name, DEVICE_TYPES)
-        raise UserError(f"device {name!r}: choose {', '.join(DEVICE_TYPES)}.{hint}")
+        choices = ", ".join((AUTO, *DEVICE_TYPES))
+        raise UserError(f"device {name!r}: choose {choices}.{hint}")
     if resolved.type == "cuda":
         _check_cuda(resolved)
     if resolved.type == "mps" and not torch.backends.mps.is_available():

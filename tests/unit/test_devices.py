@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from torchgraft.devices import resolve_device
 from torchgraft.errors import UserError
-from torchgraft.train.setup import resolve_device
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def test_training_refuses_a_cuda_index_past_the_last_gpu(monkeypatch: pytest.Mon
 
 
 def test_training_refuses_a_typo_with_a_suggestion() -> None:
-    with pytest.raises(UserError, match=r"device 'cdua': choose cpu, cuda, mps.*cuda"):
+    with pytest.raises(UserError, match=r"device 'cdua': choose auto, cpu, cuda, mps.*cuda"):
         resolve_device("cdua")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -24,6 +24,12 @@ app = typer.Typer(
 )
 
 T = TypeVar("T")
+
+# The device option of every command that runs a model (train has its own, in the config).
+DeviceOption = Annotated[
+    str,
+    typer.Option(help="Device: auto (the GPU when there is one), cpu, cuda, cuda:N or mps."),
+]
 
 
 def default_help(dotted: str) -> str:

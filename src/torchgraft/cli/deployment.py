@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from torchgraft.cli.common import app, guard
+from torchgraft.cli.common import DeviceOption, app, guard
 
 if TYPE_CHECKING:
     from torchgraft.serve.predictor import Prediction
@@ -37,7 +37,7 @@ def predict(
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 64,
-    device: Annotated[str, typer.Option(help="Device to run on (cpu, cuda, mps).")] = "cpu",
+    device: DeviceOption = "auto",
 ) -> None:
     """Classify images: the top-k classes, with display names and probabilities, for each.
 
@@ -128,6 +128,7 @@ def benchmark(
     seconds: Annotated[
         float, typer.Option(min=0.1, help="Time spent measuring each engine and batch size.")
     ] = 2.0,
+    device: DeviceOption = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Images/s and p50/p95 latency: eager PyTorch, ONNX Runtime, AOTInductor.
@@ -142,8 +143,13 @@ def benchmark(
     """
     from torchgraft import api
 
-    report = guard(lambda: api.benchmark(run, batch_size, seconds, quiet=quiet), quiet)
-    typer.echo(f"{report.threads} thread(s), random uint8 images")
+    report = guard(
+        lambda: api.benchmark(run, batch_size, seconds, quiet=quiet, device=device), quiet
+    )
+    typer.echo(
+        f"{report.threads} thread(s), random uint8 images; eager on {report.eager_device}, "
+        "the exports on the CPU"
+    )
     typer.echo(f"{'engine':<18}{'batch':>6}{'images/s':>11}{'p50 ms':>10}{'p95 ms':>10}")
     for timing in report.timings:
         typer.echo(
@@ -177,7 +183,7 @@ def serve(
             "(larger: 413). At most 89 (Pillow's decompression-bomb limit).",
         ),
     ] = 25.0,
-    device: Annotated[str, typer.Option(help="Device to run on (cpu, cuda, mps).")] = "cpu",
+    device: DeviceOption = "auto",
 ) -> None:
     """Serve the model over HTTP, with a web page to try it.
 

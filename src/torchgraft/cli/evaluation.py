@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from torchgraft.cli.common import app, guard
+from torchgraft.cli.common import DeviceOption, app, guard
 
 
 @app.command()
@@ -30,6 +30,7 @@ def evaluate(
             help="Test-time augmentation: average over crops (and flips, if trained with them).",
         ),
     ] = False,
+    device: DeviceOption = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Score a run: per-class metrics, confusion, calibration, top losses, report.html.
@@ -39,9 +40,9 @@ def evaluate(
     """
     from torchgraft import api
 
-    result = guard(lambda: api.evaluate(run, data, quiet=quiet, tta=tta), quiet)
+    result = guard(lambda: api.evaluate(run, data, quiet=quiet, tta=tta, device=device), quiet)
     metrics = result.metrics
-    typer.echo(f"{result.images} images ({result.source})")
+    typer.echo(f"{result.images} images ({result.source}) on {result.device}, {result.precision}")
     if result.tta_views:
         typer.echo(
             f"test-time augmentation over {len(result.tta_views)} views: accuracy "
@@ -82,11 +83,16 @@ def explain(
     output_dir: Annotated[
         Path | None, typer.Option(help="Where to save the PNGs (default: RUN/figures/gradcam).")
     ] = None,
+    device: DeviceOption = "auto",
 ) -> None:
     """Grad-CAM: where in each image the network found its evidence (PNG overlays)."""
     from torchgraft import api
 
-    result = guard(lambda: api.explain(run, images, class_name=class_name, output_dir=output_dir))
+    result = guard(
+        lambda: api.explain(
+            run, images, class_name=class_name, output_dir=output_dir, device=device
+        )
+    )
     for item in result.explained:
         typer.echo(
             f"{item.source}: {item.class_name} ({item.probability:.1%}, predicted "

@@ -26,12 +26,14 @@ from torchgraft.data import (
     make_loader,
     split_datasets,
 )
+from torchgraft.devices import resolve_device
 from torchgraft.errors import UserError
 from torchgraft.evaluate.calibration import expected_calibration_error, fit_temperature
 from torchgraft.evaluate.figures import reliability_bins
 from torchgraft.evaluate.metrics import Metrics, classification_metrics
 from torchgraft.evaluate.tta import apply_view, tta_views
 from torchgraft.models import GraftedClassifier, load_model
+from torchgraft.precision import autocast, precision_for
 from torchgraft.probabilities import calibrated_probabilities
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,8 @@ class Evaluation:
     plain_accuracy: float = 0.0  # accuracy of the plain view alone (equals accuracy w/o TTA)
     top_losses: list[TopLoss] = field(default_factory=list)  # the worst mistakes, worst first
     reliability: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # bins
+    device: str = "cpu"  # where the model ran
+    precision: str = "fp32"  # ... and in which precision (precision.choose_precision)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -81,21 +85,25 @@ class Scored:
     sources: list[str]  # per image: the file, or a description for bundled arrays
     dataset: Any  # yields (uint8 image at the training size, label), for the gallery
     model: GraftedClassifier  # the run's model, loaded once, for the gallery's Grad-CAM
+    precision: str = "fp32"  # the precision the logits were computed in
 
 
 def evaluate_run(
-    run: Run, data: str | None = None, quiet: bool = False, tta: bool = False
-) -> Evaluation:
+    run: Run, data: str | None = None, quiet: bool = False, tta: bool = False,
+    device: str | torch.device = "auto",
+) -> Evaluation:  # fmt: skip
     """Metrics of `run` on its validation split, or on `data` (a test folder or label file).
 
     With `tta`, predictions are averaged over flips and crops (see evaluate.tta); the
-    temperature is still fitted on the plain view, which is what prediction uses.
+    temperature is still fitted on the plain view, which is what prediction uses. The
+    model runs on `device` (auto: the GPU when there is one) in its `auto` precision.
     """
     from torchgraft.evaluate.report import write_outputs
 
+    chosen = resolve_device(device)  # before any decoding: a missing GPU is a UserError
     images, source = evaluation_images(run, data)
     views = tta_views(run.info.config.get("data", {}).get("augment", "none")) if tta else []
-    scored = score_images(run, images, views or ["plain"], quiet)
+    scored = score_images(run, images, views or ["plain"], quiet, chosen)
     plain, labels = scored.view_logits[0], scored.labels
     temperature = run.info.temperature
     if data is None:  # calibrate only on the validation split, never on a test set
@@ -112,6 +120,7 @@ def evaluate_run(
         views, accuracy(plain, labels),
         top_losses(probabilities, labels, scored.sources, run.info.display_names),
         {"before": reliability_bins(before, labels), "after": reliability_bins(after, labels)},
+        str(chosen), scored.precision,
     )  # fmt: skip
     run.info.metrics = {**run.info.metrics, "evaluated_accuracy": metrics.accuracy}
     run.save_info()
@@ -138,8 +147,12 @@ def evaluation_images(run: Run, data: str | None) -> tuple[LabeledImages, str]:
 
 
 @torch.no_grad()
-def score_images(run: Run, images: LabeledImages, views: list[str], quiet: bool) -> Scored:
+def score_images(
+    run: Run, images: LabeledImages, views: list[str], quiet: bool,
+    device: torch.device | None = None,
+) -> Scored:  # fmt: skip
     """Logits of every readable image (decoded once, as in training) under each view."""
+    device = device or torch.device("cpu")
     prep = run.info.preprocessing
     decoded = decode_split(images, prep, description="decoding", quiet=quiet)
     if len(decoded.kept) == 0:
@@ -148,16 +161,19 @@ def score_images(run: Run, images: LabeledImages, views: list[str], quiet: bool)
             f"no readable image to evaluate ({len(decoded.skipped)} skipped: {reasons})"
         )
     dataset, _ = split_datasets(images, decoded, prep, "none")
-    model = load_model(run).eval()
+    model = load_model(run).to(device).eval()
+    precision = precision_for("auto", device)
     logits: list[list[torch.Tensor]] = [[] for _ in views]
     labels = []
     for batch, batch_labels in make_loader(dataset, 128, False, 0):
+        batch = batch.to(device, non_blocking=True)
         for per_view, view in zip(logits, views, strict=True):
-            per_view.append(model(apply_view(batch, view)).float())
+            with autocast(device, precision):
+                per_view.append(model(apply_view(batch, view)).float())
         labels.append(torch.as_tensor(batch_labels))
-    view_logits = torch.stack([torch.cat(per_view) for per_view in logits])
+    view_logits = torch.stack([torch.cat(per_view) for per_view in logits]).cpu()
     sources = [describe_source(images, int(index)) for index in decoded.kept]
-    return Scored(view_logits, torch.cat(labels), sources, dataset, model)
+    return Scored(view_logits, torch.cat(labels), sources, dataset, model.cpu(), precision)
 
 
 def describe_source(images: LabeledImages, index: int) -> str:

@@ -12,6 +12,7 @@ from PIL import Image
 
 from torchgraft.artifact import Run, atomic_write_bytes
 from torchgraft.data import UnreadableImage, decode_file, eval_transform
+from torchgraft.devices import resolve_device
 from torchgraft.errors import UserError, did_you_mean
 from torchgraft.explain.gradcam import grad_cam, png_bytes, side_by_side
 from torchgraft.models import load_model
@@ -42,14 +43,17 @@ def explain_images(
     images: Sequence[str | Path],
     class_name: str | None = None,
     output_dir: str | Path | None = None,
+    device: str | torch.device = "auto",
 ) -> Explanations:
-    """Grad-CAM for each image file: for `class_name`, else for the predicted class.
+    """Grad-CAM for each image file: for `class_name`, else for the predicted class, with
+    the model on `device` (auto: the GPU when there is one).
 
     Unreadable files are skipped with a warning and listed in `skipped`.
     """
+    chosen = resolve_device(device)
     target = class_index(run, class_name)
     output = Path(output_dir) if output_dir is not None else run.path / "figures" / "gradcam"
-    model = load_model(run)
+    model = load_model(run).to(chosen)
     result = Explanations()
     readable = []
     used_names: set[str] = set()
@@ -61,10 +65,11 @@ def explain_images(
             result.skipped.append((str(image), error.reason))
     for start in range(0, len(readable), BATCH_SIZE):
         chunk = readable[start : start + BATCH_SIZE]
-        batch = torch.stack([pixels for _, pixels in chunk])
+        batch = torch.stack([pixels for _, pixels in chunk]).to(chosen)
         targets = None if target is None else torch.full((len(chunk),), target)
         cam = grad_cam(model, batch, targets)
-        probabilities = calibrated_probabilities(cam.logits, run.info.temperature, dim=1)
+        logits = cam.logits.cpu()
+        probabilities = calibrated_probabilities(logits, run.info.temperature, dim=1)
         for row, (source, pixels) in enumerate(chunk):
             path = output / png_name(Path(source).stem, used_names)
             save_png(side_by_side(pixels, cam.heatmaps[row]), path)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from torchgraft.artifact import Run
+from torchgraft.devices import resolve_device
 from torchgraft.export.exporter import EXPORTS_DIR, checked_formats, export_run
 from torchgraft.export.formats import FORMATS
 from torchgraft.export.loader import load_exported
@@ -56,15 +57,19 @@ class Timing:
 class BenchmarkReport:
     threads: int  # intra-op threads every engine used
     timings: list[Timing]
+    eager_device: str = "cpu"  # where eager PyTorch ran (the exports run on the CPU)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def benchmark_run(
-    run: Run, batch_sizes: Sequence[int] = (1, 64), seconds: float = 2.0, quiet: bool = False
-) -> BenchmarkReport:
-    """Time every engine at every batch size for about `seconds` each."""
+    run: Run, batch_sizes: Sequence[int] = (1, 64), seconds: float = 2.0, quiet: bool = False,
+    device: str | torch.device = "auto",
+) -> BenchmarkReport:  # fmt: skip
+    """Time every engine at every batch size for about `seconds` each: eager PyTorch on
+    `device` (auto: the GPU when there is one), the exports on the CPU they were built for."""
+    eager_device = resolve_device(device)
     folder = run.path / EXPORTS_DIR
     missing = [name for name in REQUIRED_FORMATS if name not in checked_formats(run)]
     if missing:
@@ -72,7 +77,7 @@ def benchmark_run(
         export_run(run, missing, quiet=quiet)  # also deletes exports of an older model
     exported = checked_formats(run)
     loaders: dict[str, Callable[[], Predict]] = {
-        "eager": lambda: numpy_predict(probability_model(run))
+        "eager": lambda: numpy_predict(probability_model(run).to(eager_device), eager_device)
     }
     for label, name in ENGINES.items():
         if name in exported:
@@ -85,7 +90,7 @@ def benchmark_run(
         predict = load()
         timings += [time_engine(label, predict, images[:size], seconds) for size in batch_sizes]
         del predict
-    return BenchmarkReport(torch.get_num_threads(), timings)
+    return BenchmarkReport(torch.get_num_threads(), timings, str(eager_device))
 
 
 def random_images(run: Run, count: int) -> np.ndarray:

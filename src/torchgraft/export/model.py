@@ -99,13 +99,17 @@ def predict_in_batches(predict: Predict, images: np.ndarray, batch_size: int = 6
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
 
 
-def numpy_predict(forward: Callable[[torch.Tensor], torch.Tensor]) -> Predict:
-    """A PyTorch model (eager, AOTInductor or TorchScript) as NumPy in, NumPy out."""
+def numpy_predict(
+    forward: Callable[[torch.Tensor], torch.Tensor], device: torch.device | None = None
+) -> Predict:
+    """A PyTorch model (eager, AOTInductor or TorchScript) as NumPy in, NumPy out; the
+    images go to `device` (the model's) and the probabilities come back."""
 
     def predict(images: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            output = forward(torch.from_numpy(np.ascontiguousarray(images)))
-        return output.numpy()
+            batch = torch.from_numpy(np.ascontiguousarray(images))
+            output = forward(batch if device is None else batch.to(device))
+        return output.cpu().numpy()
 
     return predict
 

@@ -21,7 +21,7 @@ import torch
 
 from torchgraft.artifact import Run
 from torchgraft.data import UnreadableImage, eval_transform, load_display_names
-from torchgraft.devices import check_device
+from torchgraft.devices import resolve_device
 from torchgraft.errors import UserError
 from torchgraft.models import load_model
 from torchgraft.probabilities import calibrated_probabilities
@@ -85,7 +85,7 @@ class Predictor:
     def __init__(
         self,
         run: Run,
-        device: str | torch.device = "cpu",
+        device: str | torch.device = "auto",
         batch_size: int = 64,
         channels_last: bool | None = None,
     ) -> None:
@@ -93,7 +93,7 @@ class Predictor:
             raise UserError(f"batch size must be at least 1, got {batch_size}")
         self.run = run
         self.info = run.info
-        self.device = check_device(device)  # before loading: "gpu" or no CUDA is a UserError
+        self.device = resolve_device(device)  # before loading: "gpu" or no CUDA is a UserError
         self.batch_size = batch_size
         # Channels-last convolutions made batched CPU prediction 1.7x faster here (EfficientNet,
         # benchmarks/batch_predict.py); on GPUs leave the choice to the caller.
@@ -108,7 +108,7 @@ class Predictor:
     def from_run(
         cls,
         run: Run | str | Path,
-        device: str | torch.device = "cpu",
+        device: str | torch.device = "auto",
         batch_size: int = 64,
         class_names: str | Path | None = None,
     ) -> Predictor:

@@ -83,7 +83,7 @@ def test_a_top_k_below_one_is_a_user_error(tiny_run: Path, top_k: int) -> None:
 
 def test_an_unknown_device_is_a_user_error(tiny_run: Path) -> None:
     with pytest.raises(
-        UserError, match=r"device 'gpu': choose cpu, cuda, mps\. Did you mean 'cuda'"
+        UserError, match=r"device 'gpu': choose auto, cpu, cuda, mps\. Did you mean 'cuda'"
     ):
         api.predictor(tiny_run, device="gpu")
 
