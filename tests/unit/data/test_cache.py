@@ -9,6 +9,7 @@ from torchgraft.artifact import Preprocessing
 from torchgraft.data import cache as cache_module
 from torchgraft.data import decode_split, eval_transform, load_data, load_image
 from torchgraft.data.sources import LabeledImages
+from torchgraft.errors import UserError
 from torchgraft.testing import BAD_KINDS, ODD_KINDS, make_image_folder, make_messy_folder
 
 PREP = Preprocessing(24, "pad", (0.5,) * 3, (0.5,) * 3, channels=3)
@@ -101,3 +102,80 @@ def test_bundled_arrays_are_cached_too() -> None:
     digits = load_data("digits").val
     decoded = decode_split(digits, Preprocessing(16, "squash", (0.5,), (0.5,), 1), quiet=True)
     assert decoded.pixels is not None and decoded.pixels.shape == (len(digits), 1, 16, 16)
+
+
+def test_disk_cache_written_in_released_pieces_matches_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows go to disk through a memory map dropped every few rows; none are lost, and the
+    rows reserved for files that did not decode are not served."""
+    make_messy_folder(tmp_path / "data")
+    images = _split(tmp_path / "data")
+    in_memory = decode_split(images, PREP, quiet=True)
+    monkeypatch.setattr(cache_module, "RELEASE_BYTES", 3 * 24 * 24 * 2)  # every 2 rows
+    on_disk = decode_split(images, PREP, mode="disk", cache_dir=tmp_path / "cache", quiet=True)
+    assert in_memory.pixels is not None and on_disk.pixels is not None
+    assert len(on_disk.skipped) == len(BAD_KINDS) and len(on_disk.pixels) == len(on_disk.kept)
+    np.testing.assert_array_equal(on_disk.pixels, in_memory.pixels)
+    np.testing.assert_array_equal(on_disk.kept, in_memory.kept)
+
+
+def test_an_interrupted_disk_cache_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = _split(make_image_folder(tmp_path / "data", per_class=3, size=32))
+
+    def interrupted(path: Path, channels: int) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_module, "decode_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        decode_split(images, PREP, mode="disk", cache_dir=tmp_path / "cache", quiet=True)
+    assert list((tmp_path / "cache" / "images").iterdir()) == []
+
+
+def test_a_memory_cache_too_large_stops_before_allocating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = _split(make_image_folder(tmp_path / "data", per_class=3, size=32))
+    allocations: list[object] = []
+    monkeypatch.setattr(cache_module, "available_memory", lambda: 10_000)  # 10 kB free
+    monkeypatch.setattr(cache_module.np, "empty", lambda *a, **k: allocations.append(a))
+    with pytest.raises(UserError, match=r"need 0\.0 GB in memory.*--cache disk"):
+        decode_split(images, PREP, quiet=True)
+    assert allocations == []
+
+
+def test_no_room_on_disk_decodes_on_the_fly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    images = _split(make_image_folder(tmp_path / "data", per_class=3, size=32))
+    monkeypatch.setattr(cache_module, "DISK_MARGIN", 1 << 60)  # more than any disk has
+    decoded = decode_split(images, PREP, mode="disk", cache_dir=tmp_path / "cache", quiet=True)
+    assert decoded.pixels is None and len(decoded.kept) == len(images)
+    assert "decoding every image on the fly" in caplog.text
+
+
+def test_unchanged_files_are_not_read_again(tmp_path: Path) -> None:
+    images = _split(make_image_folder(tmp_path / "data", per_class=3, size=32))
+    cache = tmp_path / "cache"
+    first = cache_key_reading(images, cache)
+    assert first[1] == len(images)  # the first run reads every file
+    again = cache_key_reading(images, cache)
+    assert again == (first[0], 0)  # same key, nothing read
+    images.images[0].write_bytes(images.images[1].read_bytes())  # one file changes
+    changed = cache_key_reading(images, cache)
+    assert changed[0] != first[0] and changed[1] == 1
+
+
+def cache_key_reading(images: LabeledImages, cache: Path) -> tuple[str, int]:
+    """(the cache key, how many files computing it read)."""
+    from torchgraft.data import manifest
+
+    reads: list[Path] = []
+    real = manifest.content_digest
+    manifest.content_digest = lambda path: reads.append(path) or real(path)  # type: ignore[assignment]
+    try:
+        return cache_module.cache_key(images, PREP, cache), len(reads)
+    finally:
+        manifest.content_digest = real
