@@ -6,8 +6,9 @@ V100, an A100 or an H100 is testable on a machine without any of them:
   H100). Below that torch still says bf16 is "supported", but emulates it (slowly).
 - fp16 autocast with a gradient scaler on older GPUs (T4, V100): their tensor cores are fp16.
 - fp32 on the CPU and on Apple's MPS. A CPU only gains from bf16 with native bf16 matrix
-  units (AMX); on the 2-core AVX-512 development machine a bf16 fine-tune step measured
-  slower than fp32, so bf16 on a CPU is there only when asked for.
+  units (AMX); on the 2-core AVX2 development machine a fine-tune step of EfficientNet-Lite0
+  at 64 px took 0.33 s under bf16 autocast against 0.146 s in fp32, so bf16 on a CPU is
+  there only when asked for.
 
 Low in the import order (torch, `config` and `errors` only): training, evaluation and
 serving share it.

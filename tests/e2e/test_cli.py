@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.e2e.runner import graft
 
@@ -145,3 +146,14 @@ def test_evaluate_writes_metrics_and_calibrates_predictions(tiny_run: Path) -> N
         report["metrics"]["confusion"] and (tiny_run / "figures" / "confusion_matrix.png").is_file()
     )
     assert sum(sum(row) for row in report["metrics"]["confusion"]) == report["images"]
+
+
+def test_evaluate_runs_on_the_device_it_is_given(tiny_run: Path) -> None:
+    on_cpu = graft("evaluate", "--run", str(tiny_run), "--device", "cpu", "--quiet")
+    assert on_cpu.returncode == 0, on_cpu.stderr
+    assert "on cpu, fp32" in on_cpu.stdout
+    report = json.loads((tiny_run / "metrics.json").read_text())
+    assert (report["device"], report["precision"]) == ("cpu", "fp32")
+    if not torch.cuda.is_available():  # asked for a GPU it lacks: refused, not run elsewhere
+        on_gpu = graft("evaluate", "--run", str(tiny_run), "--device", "cuda", "--quiet")
+        assert on_gpu.returncode == 2 and "cuda: torch sees no CUDA device" in on_gpu.stderr

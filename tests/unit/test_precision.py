@@ -82,3 +82,10 @@ def test_loss_scaling_leaves_the_update_unchanged() -> None:
                         quiet=True)  # fmt: skip
         trained.append(model.weight.detach().clone())
     assert torch.allclose(trained[0], trained[1], atol=1e-6)
+
+
+def test_the_run_records_its_device_and_precision(tmp_path: object) -> None:
+    run = api.train("digits", model="mlp", epochs=1, device="cpu", runs_dir=str(tmp_path),
+                    quiet=True, report=False)  # fmt: skip
+    reloaded = api.load_run(run.path)
+    assert reloaded.info.trained_on == {"device": "cpu", "device_name": "cpu", "precision": "fp32"}

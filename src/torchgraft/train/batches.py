@@ -21,7 +21,7 @@ from torchgraft.train.phases import PhaseData
 
 logger = logging.getLogger(__name__)
 
-Batches = DataLoader[Any] | ResidentBatches  # what loop.Batches accepts
+Loader = DataLoader[Any] | ResidentBatches  # either gives a phase its batches
 
 
 class BatchSource:
@@ -35,7 +35,7 @@ class BatchSource:
         self.device, self.distributed = device, distributed
         self._on_device: dict[int, torch.Tensor] = {}  # id(pixels) -> their device copy
 
-    def batches(self, data: PhaseData, sharded: bool) -> tuple[Batches, Batches]:
+    def batches(self, data: PhaseData, sharded: bool) -> tuple[Loader, Loader]:
         """Shuffled training batches and ordered validation ones."""
         if not sharded and self._resident_wanted(data):
             return self._resident(data)

@@ -26,7 +26,7 @@ from torchvision.utils import make_grid
 
 from torchgraft.artifact import Run
 from torchgraft.models import GraftedClassifier
-from torchgraft.train.batches import Batches, BatchSource
+from torchgraft.train.batches import BatchSource, Loader
 from torchgraft.train.callbacks import Callback, EpochRecord
 from torchgraft.train.checkpoint import (
     Checkpoint,
@@ -86,8 +86,8 @@ class _ActivePhase:
     index: int
     phase: Phase
     module: nn.Module
-    train: Batches
-    val: Batches
+    train: Loader
+    val: Loader
     options: StepOptions
     optimizer: AdamW
     scheduler: LambdaLR
