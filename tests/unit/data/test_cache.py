@@ -179,3 +179,16 @@ def cache_key_reading(images: LabeledImages, cache: Path) -> tuple[str, int]:
         return cache_module.cache_key(images, PREP, cache), len(reads)
     finally:
         manifest.content_digest = real
+
+
+def test_a_training_run_too_large_for_memory_names_the_disk_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torchgraft import api
+
+    monkeypatch.setattr(cache_module, "available_memory", lambda: 100_000)  # 100 kB free
+    with pytest.raises(
+        UserError, match=r"decoding train: the 1438 decoded images need .*--cache disk"
+    ):
+        api.train("digits", model="mlp", epochs=1, runs_dir=str(tmp_path), quiet=True)
+    assert not (tmp_path / "mlp-digits" / "model.safetensors").exists()
