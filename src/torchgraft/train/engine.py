@@ -48,6 +48,7 @@ from torchgraft.train.phases import ImageSet, Phase, PhaseData, feature_data, ph
 from torchgraft.train.schedule import OneCycle, curve_of, one_cycle
 
 Features = tuple[TensorDataset, TensorDataset]
+TensorList = tuple[torch.Tensor, ...] | list[torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -390,15 +391,22 @@ def _make_ema(model: GraftedClassifier, decay: float) -> Any:
     A fixed decay from the first step would keep the average near the starting point for
     ~1/(1-decay) steps (BatchNorm statistics especially), so early epochs would score an
     untrained network. As in timm and Ultralytics, the decay ramps up: min(decay, (1+n)/(10+n)).
+    The update is a few fused (foreach) operations over all tensors, with the decay computed
+    on the device: per-tensor updates, or reading the step count into Python, would cost a
+    GPU hundreds of small kernels and a host sync every step.
     """
     if decay <= 0:
         return None
     from torch.optim.swa_utils import AveragedModel
 
-    def average(
-        averaged: torch.Tensor, current: torch.Tensor, count: torch.Tensor | int
-    ) -> torch.Tensor:
-        step_decay = min(decay, (1.0 + float(count)) / (10.0 + float(count)))
-        return averaged * step_decay + current * (1.0 - step_decay)
+    @torch.no_grad()
+    def average(averaged: TensorList, current: TensorList, count: torch.Tensor | int) -> None:
+        if not torch.is_floating_point(averaged[0]):  # counters such as num_batches_tracked
+            torch._foreach_copy_(averaged, current)
+            return
+        n = torch.as_tensor(count, device=averaged[0].device)
+        step_decay = torch.clamp((1.0 + n) / (10.0 + n), max=decay).to(averaged[0].dtype)
+        torch._foreach_mul_(averaged, step_decay)
+        torch._foreach_add_(averaged, torch._foreach_mul(current, 1.0 - step_decay))
 
-    return AveragedModel(model, avg_fn=average, use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=average, use_buffers=True)
