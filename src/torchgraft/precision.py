@@ -94,3 +94,9 @@ def gradient_scaler(precision: str, device: torch.device) -> torch.amp.GradScale
     if precision != "fp16":
         return None
     return torch.amp.GradScaler(device.type)
+
+
+def trained_on(device: torch.device, precision: str) -> dict[str, str]:
+    """What graft.json records about the hardware a run trained on."""
+    return {"device": str(device), "device_name": DeviceProperties.of(device).name,
+            "precision": precision}  # fmt: skip

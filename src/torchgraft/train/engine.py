@@ -42,13 +42,13 @@ from torchgraft.train.distributed import (
     broadcast_text,
     sum_over_ranks,
 )
+from torchgraft.train.ema import make_ema
 from torchgraft.train.loop import EpochResult, StepOptions, StepRecord, evaluate, train_one_epoch
 from torchgraft.train.optim import OptimizerSettings
 from torchgraft.train.phases import ImageSet, Phase, PhaseData, feature_data, phase_from_dict
 from torchgraft.train.schedule import OneCycle, curve_of, one_cycle
 
 Features = tuple[TensorDataset, TensorDataset]
-TensorList = tuple[torch.Tensor, ...] | list[torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class Trainer:
         self.run, self.model, self.data, self.phases = run, model, data, phases
         self.settings, self.step_options, self.callbacks = settings, step_options, callbacks
         self.device, self.distributed = device, distributed
-        self.ema = _make_ema(model, settings.ema_decay)
+        self.ema = make_ema(model, settings.ema_decay)
         self.records: list[EpochRecord] = []
         self.epoch = 0  # completed epochs, across phases
         self.position = (0, 0)  # (phase index, completed epochs in that phase)
@@ -383,30 +383,3 @@ class Trainer:
 
 def saved_phases(checkpoint: Checkpoint) -> list[Phase]:
     return [phase_from_dict(saved) for saved in checkpoint.meta["progress"]["phases"]]
-
-
-def _make_ema(model: GraftedClassifier, decay: float) -> Any:
-    """An exponential moving average of weights and buffers, with the decay warmed up.
-
-    A fixed decay from the first step would keep the average near the starting point for
-    ~1/(1-decay) steps (BatchNorm statistics especially), so early epochs would score an
-    untrained network. As in timm and Ultralytics, the decay ramps up: min(decay, (1+n)/(10+n)).
-    The update is a few fused (foreach) operations over all tensors, with the decay computed
-    on the device: per-tensor updates, or reading the step count into Python, would cost a
-    GPU hundreds of small kernels and a host sync every step.
-    """
-    if decay <= 0:
-        return None
-    from torch.optim.swa_utils import AveragedModel
-
-    @torch.no_grad()
-    def average(averaged: TensorList, current: TensorList, count: torch.Tensor | int) -> None:
-        if not torch.is_floating_point(averaged[0]):  # counters such as num_batches_tracked
-            torch._foreach_copy_(averaged, current)
-            return
-        n = torch.as_tensor(count, device=averaged[0].device)
-        step_decay = torch.clamp((1.0 + n) / (10.0 + n), max=decay).to(averaged[0].dtype)
-        torch._foreach_mul_(averaged, step_decay)
-        torch._foreach_add_(averaged, torch._foreach_mul(current, 1.0 - step_decay))
-
-    return AveragedModel(model, multi_avg_fn=average, use_buffers=True)

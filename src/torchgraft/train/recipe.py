@@ -38,7 +38,7 @@ from torchgraft.models import (
     get_spec,
     recipe_defaults,
 )
-from torchgraft.precision import DeviceProperties, precision_for
+from torchgraft.precision import precision_for, trained_on
 from torchgraft.train.budget import TimeBudget
 from torchgraft.train.callbacks import (
     BestWeights,
@@ -364,12 +364,6 @@ def trainer_for(
         trainer_settings(config, device, phases), options, callbacks, device,
         distributed=context,
     )  # fmt: skip
-
-
-def trained_on(device: torch.device, precision: str) -> dict[str, str]:
-    """What graft.json records about the hardware: the device and the precision used."""
-    name = DeviceProperties.of(device).name
-    return {"device": str(device), "device_name": name, "precision": precision}
 
 
 def run_trainer(trainer: Trainer, checkpoint: Checkpoint | None) -> None:
