@@ -112,7 +112,7 @@ def decode_split(
         decoded = _decode_all(images, preprocessing, None, workers, description, quiet)
         decoded.key = key
         return decoded
-    return _decode_to_disk(folder, key, images, preprocessing, workers, description, quiet)
+    return _decode_to_disk(folder, key, shape, images, preprocessing, workers, description, quiet)
 
 
 def cache_key(
@@ -280,12 +280,11 @@ Rows = np.ndarray | MappedRows  # where decoded pixels are written, row by row
 
 
 def _decode_to_disk(
-    folder: Path, key: str, images: LabeledImages, preprocessing: Preprocessing,
-    workers: int, description: str, quiet: bool,
+    folder: Path, key: str, shape: tuple[int, int, int, int], images: LabeledImages,
+    preprocessing: Preprocessing, workers: int, description: str, quiet: bool,
 ) -> DecodedSplit:  # fmt: skip
     """Decode straight into a new cache entry. Pixels first, under a temporary name, then
     renamed; the index last, atomically: a reader sees a whole entry or none."""
-    shape = _rows_shape(len(images), preprocessing)
     partial = folder / f"{key}.npy.partial-{os.getpid()}"
     rows = MappedRows(partial, shape)
     try:

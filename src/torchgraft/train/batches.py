@@ -37,8 +37,9 @@ class BatchSource:
 
     def batches(self, data: PhaseData, sharded: bool) -> tuple[Loader, Loader]:
         """Shuffled training batches and ordered validation ones."""
-        if not sharded and self._resident_wanted(data):
-            return self._resident(data)
+        cached = None if sharded else _cached_images(data)
+        if cached is not None and self._resident_wanted(*cached):
+            return self._resident(*cached, data.val_batch_size)
         if not sharded:
             train = make_loader(data.train, self.batch_size, True, data.shuffle_workers, self.seed)
             val = make_loader(data.val, data.val_batch_size, False, data.shuffle_workers)
@@ -53,12 +54,9 @@ class BatchSource:
             for images, shuffle in ((data.train, True), (data.val, False))
         )  # fmt: skip
 
-    def _resident_wanted(self, data: PhaseData) -> bool:
-        train, val = data.train, data.val
-        cached = isinstance(train, CachedImageDataset) and isinstance(val, CachedImageDataset)
-        if self.loader == "dataloader" or not cached:
+    def _resident_wanted(self, train: CachedImageDataset, val: CachedImageDataset) -> bool:
+        if self.loader == "dataloader":
             return False
-        assert isinstance(train, CachedImageDataset) and isinstance(val, CachedImageDataset)
         if self.loader == "resident":
             if train.preset not in RESIDENT_AUGMENTS:
                 raise UserError(
@@ -66,23 +64,25 @@ class BatchSource:
                     f"--augment {train.preset} needs --loader dataloader (or auto)"
                 )
             return True
+        if id(train.pixels) in self._on_device and id(val.pixels) in self._on_device:
+            return True  # copied for an earlier phase: the free memory no longer counts them
         nbytes = train.pixels.nbytes + val.pixels.nbytes
         fits, why = fits_on_device(self.device.type, nbytes, free_memory(self.device), train.preset)
         if not fits and self.device.type == "cuda":
             logger.info("images stay in host memory (%s): a DataLoader feeds the GPU", why)
         return fits
 
-    def _resident(self, data: PhaseData) -> tuple[ResidentBatches, ResidentBatches]:
-        train, val = data.train, data.val
-        assert isinstance(train, CachedImageDataset) and isinstance(val, CachedImageDataset)
+    def _resident(
+        self, train: CachedImageDataset, val: CachedImageDataset, val_batch_size: int
+    ) -> tuple[ResidentBatches, ResidentBatches]:
         return (
             ResidentBatches(
                 self._device_copy(train.pixels), torch.as_tensor(train.labels), self.batch_size,
                 shuffle=True, augment=train.preset, seed=self.seed,
             ),
             ResidentBatches(
-                self._device_copy(val.pixels), torch.as_tensor(val.labels),
-                data.val_batch_size, shuffle=False,
+                self._device_copy(val.pixels), torch.as_tensor(val.labels), val_batch_size,
+                shuffle=False,
             ),
         )  # fmt: skip
 
@@ -90,6 +90,14 @@ class BatchSource:
         if id(pixels) not in self._on_device:
             self._on_device[id(pixels)] = to_device(pixels, self.device)
         return self._on_device[id(pixels)]
+
+
+def _cached_images(data: PhaseData) -> tuple[CachedImageDataset, CachedImageDataset] | None:
+    """The phase's decoded-image datasets, when both are (features or on-the-fly are not)."""
+    train, val = data.train, data.val
+    if isinstance(train, CachedImageDataset) and isinstance(val, CachedImageDataset):
+        return train, val
+    return None
 
 
 def free_memory(device: torch.device) -> int | None:
