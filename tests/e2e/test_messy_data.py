@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 from pathlib import Path
 
 from tests.e2e.runner import graft
@@ -64,3 +66,21 @@ def test_an_empty_split_cell_stops_training_with_its_row_number(tmp_path: Path) 
     (line,) = result.stderr.strip().splitlines()
     assert "labels.csv, row 14: empty 'split'" in line and "train, val or test" in line
     assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+
+def test_file_names_that_are_not_utf8_train_and_are_listed_readably(tmp_path: Path) -> None:
+    make_image_folder(tmp_path / "data", classes=("a", "b"), per_class=6, size=16)
+    good = tmp_path / "data" / "a" / os.fsdecode(b"caf\xe9.png")  # Latin-1, as old cameras
+    shutil.copy(tmp_path / "data" / "a" / "a_000.png", good)
+    (tmp_path / "data" / "b" / os.fsdecode(b"bad\xff.jpg")).write_bytes(b"not a picture")
+    result = graft(
+        "train", str(tmp_path / "data"), "--model", "mlp", "--epochs", "1", "--image-size", "16",
+        "--name", "latin", "--no-report", "--no-tensorboard", "--quiet", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "runs" / "latin"
+    summary = json.loads((run / "graft.json").read_text())["data_summary"]
+    assert summary["train_images"] + summary["val_images"] == 13 and summary["skipped"] == 1
+    with (run / "skipped.csv").open(encoding="utf-8") as file:
+        (row,) = csv.DictReader(file)
+    assert row["path"].endswith("b/bad\\xff.jpg") and row["reason"].startswith("not an image")

@@ -37,7 +37,13 @@ from torchgraft.data.hashing import (
     near_duplicate_pairs,
     thumbnail_distance,
 )
-from torchgraft.data.sources import BUNDLED_SETS, VAL_FOLDER_NAMES, DataSplits, load_data
+from torchgraft.data.sources import (
+    BUNDLED_SETS,
+    VAL_FOLDER_NAMES,
+    DataSplits,
+    load_data,
+    printable,
+)
 from torchgraft.errors import UserError
 
 if TYPE_CHECKING:
@@ -324,7 +330,7 @@ def _items(data: DataSplits, automatic: bool) -> tuple[list[_Item], list[Path] |
                 name = f"{data.source} {used_in} #{index}"
             else:
                 paths.append(split.images[index])
-                name = _printable(_relative(split.images[index], root))
+                name = printable(_relative(split.images[index], root))
             items.append(_Item(name, split_name, used_in, label))
         if isinstance(split.images, np.ndarray):
             arrays.append(split.images)
@@ -336,12 +342,6 @@ def _relative(path: Path, root: Path) -> str:
         return path.relative_to(root).as_posix()
     except ValueError:
         return str(path)
-
-
-def _printable(name: str) -> str:
-    """A file name that is not UTF-8 with its odd bytes written as \\xNN, so the report
-    prints and serialises (Python holds such bytes as lone surrogates, which cannot)."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _counts(

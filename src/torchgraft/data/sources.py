@@ -92,6 +92,15 @@ def _size_or_missing(path: Path) -> int:
         return -1
 
 
+def printable(text: str) -> str:
+    """`text` (a path) with the bytes of a file name that is not UTF-8 written as \\xNN.
+
+    Python holds such bytes as lone surrogates, which cannot be printed, encoded or written
+    to JSON; reports and skipped.csv name the file this way instead.
+    """
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def load_data(source: str, val_fraction: float = 0.2, seed: int = 0) -> DataSplits:
     """Resolve `source` (a bundled set name or a folder) into train/val(/test) splits."""
     if source in BUNDLED_SETS:
