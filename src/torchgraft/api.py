@@ -281,9 +281,15 @@ def doctor(
     seed: int = 0,
     workers: int = 2,
     quiet: bool = False,
+    model: str | None = None,
+    image_size: int | None = None,
 ) -> AuditReport:
-    """Audit a data source before training: unreadable files, duplicates and leakage,
-    imbalance, missing classes, tiny images. `report.is_clean` is the verdict."""
+    """Audit a data source before training: unreadable and blank files, duplicates and
+    leakage, imbalance, missing classes, images tiny for `model` at `image_size` (None:
+    training's defaults). `report.is_clean` is the verdict."""
     from torchgraft.data.audit import audit
 
-    return audit(str(data), val_fraction=val_fraction, seed=seed, workers=workers, quiet=quiet)
+    return audit(
+        str(data), val_fraction=val_fraction, seed=seed, workers=workers, quiet=quiet,
+        model=model, image_size=image_size,
+    )  # fmt: skip

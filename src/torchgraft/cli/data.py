@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from torchgraft.cli.common import app, guard
+from torchgraft.cli.common import app, guard, option
 
 if TYPE_CHECKING:
     from torchgraft.data.audit import AuditReport
@@ -22,6 +23,25 @@ def doctor(
             show_default=False,
         ),
     ],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="The YAML file training will use: its model, image size, val fraction and "
+            "seed (flags given here override it)."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        option(
+            "model.name",
+            "The model training will use: images are judged tiny against its input size "
+            "and decoded to its channels.",
+        ),
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        option("data.image_size", "Training resolution in pixels (default: the model's)."),
+    ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print only the full report as JSON.")
     ] = False,
@@ -30,31 +50,41 @@ def doctor(
         typer.Option(min=0, help="Processes decoding and hashing images (0: this process)."),
     ] = 2,
     val_fraction: Annotated[
-        float,
-        typer.Option(
-            min=0.0,
-            max=0.9,
-            help="Share of each class training holds out when there is no val/ folder "
+        float | None,
+        option(
+            "data.val_fraction",
+            "Share of each class training holds out when there is no val/ folder "
             "(says which duplicates land on both sides of that split).",
         ),
-    ] = 0.2,
-    seed: Annotated[int, typer.Option(help="Seed of that automatic train/val split.")] = 0,
+    ] = None,
+    seed: Annotated[int | None, option("train.seed", "Seed of that automatic split.")] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar; only the report.")
     ] = False,
 ) -> None:
-    """Audit a dataset: unreadable files, duplicates, leakage, imbalance, missing classes.
+    """Audit a dataset: unreadable or blank files, duplicates, leakage, imbalance, missing
+    classes, images tiny for the model.
 
-    Exits 0 when the data is clean, 1 when it found problems, 2 for bad input.
+    Exits 0 when it found nothing to act on (notes only), 1 when it found problems, 2 for
+    bad input.
     """
     from torchgraft import api
+    from torchgraft.config import load_train_config
 
-    report = guard(
-        lambda: api.doctor(
-            data, val_fraction=val_fraction, seed=seed, workers=workers, quiet=quiet
-        ),
-        quiet or json_output,
-    )
+    flags = {
+        "model.name": model, "data.image_size": image_size,
+        "data.val_fraction": val_fraction, "train.seed": seed,
+    }  # fmt: skip
+
+    def run() -> AuditReport:
+        settings = load_train_config(config, {k: v for k, v in flags.items() if v is not None})
+        return api.doctor(
+            data, val_fraction=settings.data.val_fraction, seed=settings.train.seed,
+            workers=workers, quiet=quiet, model=settings.model.name,
+            image_size=settings.data.image_size,
+        )  # fmt: skip
+
+    report = guard(run, quiet or json_output)
     if json_output:
         import json
 
@@ -94,7 +124,9 @@ def _doctor_lines(report: AuditReport) -> list[str]:
         if len(details) > _DOCTOR_SHOWN:
             lines.append(f"  ... and {len(details) - _DOCTOR_SHOWN} more (--json lists all)")
     problems = len(report.problems())
-    lines += ["", f"{problems} problem(s) found" if problems else "no problems found"]
+    judged = f"{report.model} at {report.image_size} px, {report.channels} channel(s)"
+    lines += ["", f"judged for training {judged} (--model, --image-size)"]
+    lines.append(f"{problems} problem(s) found" if problems else "no problems found")
     return lines
 
 

@@ -1,23 +1,30 @@
 """The data audit behind `graft doctor`: what in a dataset will hurt training, before training.
 
 `audit(source)` decodes and fingerprints every image (in worker processes, a chunk of files
-per round trip) and reports: images per class and split, unreadable files and why, exact and
-near duplicates within a split, duplicates across splits (validation leaking training data),
-class imbalance with suggested class weights, classes missing from a split, tiny images, and
-the colour modes and sizes in use. Where the train/val split is automatic (a folder of class
-folders, a bundled set) every image is audited as one split, "all": a duplicate there can land
-on both sides of the split.
+per round trip) through training's decoder, with the channels the model would get, and
+reports: images per class and split, unreadable files and why, blank (constant) images, groups
+of exact and near duplicates, duplicates across splits (validation leaking training data),
+class imbalance with suggested class weights, classes missing from a split, images tiny for
+the model's input size, and the colour modes and sizes in use. Where the train/val split is
+automatic (a folder of class folders, a bundled set) every image is audited as one split,
+"all": a duplicate there can land on both sides of the split.
+
+A finding is a problem (exit status 1 from `graft doctor`) when a user should act on it:
+unreadable, blank or tiny images, copies that leak across splits or carry different labels,
+imbalance, missing classes. Copies within one split with one label, and the modes and sizes,
+are notes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -30,16 +37,35 @@ from torchgraft.data.hashing import (
     near_duplicate_pairs,
     thumbnail_distance,
 )
-from torchgraft.data.sources import BUNDLED_SETS, VAL_FOLDER_NAMES, DataSplits, load_data
+from torchgraft.data.sources import (
+    BUNDLED_SETS,
+    VAL_FOLDER_NAMES,
+    DataSplits,
+    load_data,
+    printable,
+)
 from torchgraft.errors import UserError
+
+if TYPE_CHECKING:
+    from torchgraft.artifact import Preprocessing
 
 logger = logging.getLogger(__name__)
 
 AUTO_SPLIT = "all"  # the one audited split when train/val are drawn automatically
 CATEGORIES = (
-    "unreadable", "exact duplicates", "near duplicates", "leakage", "imbalance",
-    "missing classes", "tiny images", "modes and sizes",
+    "unreadable", "blank images", "exact duplicates", "near duplicates", "leakage",
+    "imbalance", "missing classes", "tiny images", "modes and sizes",
 )  # fmt: skip
+# An image whose every channel varies by less than one grey level (standard deviation) is
+# blank or constant: nothing to learn from, and its normalised thumbnail is noise, so blank
+# images are a finding of their own and left out of the duplicate groups.
+BLANK_SPREAD = 1.0
+# Images are tiny when the model sees them upscaled more than this many times.
+TINY_UPSCALE = 4
+# A perceptual hash compares 9x8 pixels; images with a side shorter than 8 pixels all look
+# alike to it, so they are left out of the near-duplicate groups.
+_HASHABLE_SIDE = 8
+_FILES_SHOWN = 6  # files named per duplicate group in a report line; --json lists them all
 
 
 @dataclass(frozen=True)
@@ -54,17 +80,38 @@ class UnreadableFile:
 
 @dataclass(frozen=True)
 class Duplicates:
-    """Copies of one image: an exact group (same bytes) or a near pair (similar pictures)."""
+    """Copies of one image: an exact group (same bytes) or a near group (similar pictures,
+    every pair linked through a chain of similar pairs)."""
 
     files: list[str]  # relative to the data folder
     splits: list[str]  # the split each copy is used in (train, val, test)
     classes: list[str]  # the class each copy is labelled as
-    distance: int  # perceptual hash distance in bits; 0 for exact duplicates
+    distance: int  # largest perceptual hash distance of a linked pair; 0 for exact duplicates
 
     @property
     def leaks(self) -> bool:
         """True when the copies sit in different splits."""
         return len(set(self.splits)) > 1
+
+    @property
+    def spans(self) -> list[str]:
+        """The splits the copies are used in, each once, in order of appearance."""
+        return list(dict.fromkeys(self.splits))
+
+    @property
+    def conflicting_labels(self) -> bool:
+        """True when the copies are labelled as different classes."""
+        return len(set(self.classes)) > 1
+
+
+@dataclass(frozen=True)
+class BlankImage:
+    """An image whose pixels are all (nearly) equal."""
+
+    file: str
+    split: str
+    class_name: str
+    spread: float  # largest per-channel standard deviation, grey levels
 
 
 @dataclass(frozen=True)
@@ -109,6 +156,10 @@ class AuditReport:
     max_distance: int  # perceptual hash distance counted as a near duplicate
     min_size: int  # smaller sides than this are tiny
     imbalance_threshold: float  # a largest/smallest class ratio from here on is a problem
+    blank_images: list[BlankImage] = dataclasses.field(default_factory=list)
+    model: str = ""  # the model the images are judged for
+    image_size: int = 0  # its input side length, as training would resize to
+    channels: int = 3  # the channels training would decode to
 
     @property
     def is_clean(self) -> bool:
@@ -122,6 +173,7 @@ class AuditReport:
         """Every finding, problems and notes, in the order of CATEGORIES."""
         return [
             *_unreadable_findings(self),
+            *_blank_findings(self),
             *_duplicate_findings(self),
             *_imbalance_findings(self),
             *_missing_findings(self),
@@ -135,6 +187,7 @@ class AuditReport:
         for key in ("exact_duplicates", "near_duplicates"):
             for entry, duplicates in zip(data[key], getattr(self, key), strict=True):
                 entry["leaks"] = duplicates.leaks
+                entry["spans"] = duplicates.spans
         data["problems"] = self.problems()
         data["is_clean"] = not data["problems"]
         data["notes"] = [finding.line for finding in self.findings() if not finding.problem]
@@ -158,17 +211,24 @@ def audit(
     workers: int = 2,
     quiet: bool = False,
     max_distance: int = 4,
-    min_size: int = 32,
+    min_size: int | None = None,
     imbalance_threshold: float = 3.0,
+    model: str | None = None,
+    image_size: int | None = None,
 ) -> AuditReport:
     """Audit a data source (a folder or a bundled set name) for problems that hurt training.
 
     `val_fraction` and `seed` are those training will use, so the report can say which
-    duplicates land on both sides of an automatic split. `workers` processes decode and hash
-    (0: in this process).
+    duplicates land on both sides of an automatic split. `model` and `image_size` are those
+    training will use (None: training's defaults): images are decoded to the channels that
+    model gets, and are tiny with a side under `min_size` (None: a quarter of the input
+    size). `workers` processes decode and hash (0: in this process).
     """
-    _check_settings(val_fraction, workers, max_distance, min_size)
+    _check_settings(val_fraction, workers, max_distance, min_size, image_size)
     data = load_data(source, val_fraction=val_fraction, seed=seed)
+    model_name, preprocessing = _training_input(model, image_size, data)
+    if min_size is None:
+        min_size = math.ceil(preprocessing.image_size / TINY_UPSCALE)
     automatic = _is_automatic_split(source)
     items, images = _items(data, automatic)
     logger.info("auditing %d images from %s", len(items), source)
@@ -176,11 +236,12 @@ def audit(
         if isinstance(images, np.ndarray):
             scans = fingerprint_arrays(images, progress.update)
         else:
-            scans = fingerprint_files(images, workers, progress.update)
+            scans = fingerprint_files(images, workers, progress.update, preprocessing.channels)
     splits = [AUTO_SPLIT] if automatic else _split_names(data)
     counts = _counts(items, scans, splits, data.class_names)
     ratio, weights = _imbalance(counts[splits[0]])
     readable = [scan for scan in scans if scan.reason is None]
+    blank = {i for i, scan in enumerate(scans) if scan.reason is None and _is_blank(scan)}
     return AuditReport(
         source=source,
         automatic_split=automatic,
@@ -189,8 +250,8 @@ def audit(
         class_names=list(data.class_names),
         counts=counts,
         unreadable=_unreadable(items, scans, data.class_names),
-        exact_duplicates=_exact_duplicates(items, scans, data.class_names),
-        near_duplicates=_near_duplicates(items, scans, data.class_names, max_distance),
+        exact_duplicates=_exact_duplicates(items, scans, data.class_names, blank),
+        near_duplicates=_near_duplicates(items, scans, data.class_names, max_distance, blank),
         imbalance_ratio=ratio,
         class_weights=weights,
         missing=_missing(counts),
@@ -200,18 +261,42 @@ def audit(
         max_distance=max_distance,
         min_size=min_size,
         imbalance_threshold=imbalance_threshold,
+        blank_images=_blank(items, scans, data.class_names, blank),
+        model=model_name,
+        image_size=preprocessing.image_size,
+        channels=preprocessing.channels,
     )
 
 
-def _check_settings(val_fraction: float, workers: int, max_distance: int, min_size: int) -> None:
+def _training_input(
+    model: str | None, image_size: int | None, data: DataSplits
+) -> tuple[str, Preprocessing]:
+    """The model's name and the input size and channels training would use on `data`."""
+    from torchgraft.config import DataConfig, ModelConfig
+    from torchgraft.models.registry import get_spec
+    from torchgraft.train.setup import resolve_preprocessing  # training's own rule, not a copy
+
+    name = model or ModelConfig().name
+    return name, resolve_preprocessing(get_spec(name), DataConfig(image_size=image_size), data)
+
+
+def _check_settings(
+    val_fraction: float,
+    workers: int,
+    max_distance: int,
+    min_size: int | None,
+    image_size: int | None,
+) -> None:
     if not 0.0 <= val_fraction <= 0.9:
         raise UserError(f"val_fraction must be between 0 and 0.9, got {val_fraction}.")
     if workers < 0:
         raise UserError(f"workers must be 0 (no worker processes) or more, got {workers}.")
     if not 0 <= max_distance <= 64:
         raise UserError(f"max_distance must be between 0 and 64 bits, got {max_distance}.")
-    if min_size < 1:
+    if min_size is not None and min_size < 1:
         raise UserError(f"min_size must be at least 1 pixel, got {min_size}.")
+    if image_size is not None and image_size < 8:
+        raise UserError(f"image_size must be at least 8 pixels, got {image_size}.")
 
 
 def _is_automatic_split(source: str) -> bool:
@@ -245,7 +330,7 @@ def _items(data: DataSplits, automatic: bool) -> tuple[list[_Item], list[Path] |
                 name = f"{data.source} {used_in} #{index}"
             else:
                 paths.append(split.images[index])
-                name = _relative(split.images[index], root)
+                name = printable(_relative(split.images[index], root))
             items.append(_Item(name, split_name, used_in, label))
         if isinstance(split.images, np.ndarray):
             arrays.append(split.images)
@@ -291,31 +376,81 @@ def _duplicates(
 
 
 def _exact_duplicates(
-    items: list[_Item], scans: list[Fingerprint], class_names: list[str]
+    items: list[_Item], scans: list[Fingerprint], class_names: list[str], blank: set[int]
 ) -> list[Duplicates]:
-    """Groups of readable images with the same content digest."""
+    """Groups of readable, non-blank images with the same content digest."""
     groups: dict[str, list[int]] = {}
     for index, scan in enumerate(scans):
-        if scan.reason is None:
+        if scan.reason is None and index not in blank:
             groups.setdefault(scan.digest, []).append(index)
     return [_duplicates(g, items, class_names, 0) for g in groups.values() if len(g) > 1]
 
 
 def _near_duplicates(
-    items: list[_Item], scans: list[Fingerprint], class_names: list[str], max_distance: int
+    items: list[_Item],
+    scans: list[Fingerprint],
+    class_names: list[str],
+    max_distance: int,
+    blank: set[int],
 ) -> list[Duplicates]:
-    """Pairs of readable images with similar perceptual hashes but different content."""
-    readable = [index for index, scan in enumerate(scans) if scan.reason is None]
-    hashes = np.array([scans[index].phash for index in readable], dtype=np.uint64)
-    found = []
+    """Groups of similar pictures with different content: similar pairs (close hashes,
+    confirmed on thumbnails) joined into groups, so N copies are one finding, not N^2/2."""
+    comparable = [
+        index
+        for index, scan in enumerate(scans)
+        if scan.reason is None
+        and index not in blank
+        and min(scan.width, scan.height) >= _HASHABLE_SIDE
+    ]
+    hashes = np.array([scans[index].phash for index in comparable], dtype=np.uint64)
+    links: list[tuple[int, int, int]] = []
     for first, second in near_duplicate_pairs(hashes, max_distance):
-        a, b = readable[first], readable[second]
+        a, b = comparable[first], comparable[second]
         if scans[a].digest == scans[b].digest:
             continue  # an exact duplicate, reported as such
         if thumbnail_distance(scans[a].thumbnail, scans[b].thumbnail) <= THUMBNAIL_TOLERANCE:
-            distance = int(np.bitwise_count(hashes[first] ^ hashes[second]))
-            found.append(_duplicates([a, b], items, class_names, distance))
-    return sorted(found, key=lambda pair: pair.distance)
+            links.append((a, b, int(np.bitwise_count(hashes[first] ^ hashes[second]))))
+    groups = [
+        _duplicates(members, items, class_names, distance)
+        for members, distance in _linked_groups(links)
+    ]
+    return sorted(groups, key=lambda group: (group.distance, group.files))
+
+
+def _linked_groups(links: list[tuple[int, int, int]]) -> list[tuple[list[int], int]]:
+    """The connected groups of (a, b, distance) links (union-find), each as its sorted members
+    and its largest link distance."""
+    parent: dict[int, int] = {}
+
+    def root(node: int) -> int:
+        parent.setdefault(node, node)
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]  # path halving keeps the trees flat
+            node = parent[node]
+        return node
+
+    for a, b, _ in links:
+        parent[root(a)] = root(b)
+    members: dict[int, list[int]] = {}
+    for node in parent:
+        members.setdefault(root(node), []).append(node)
+    widest: dict[int, int] = {}
+    for a, _, distance in links:
+        widest[root(a)] = max(widest.get(root(a), 0), distance)
+    return [(sorted(group), widest[top]) for top, group in members.items()]
+
+
+def _is_blank(scan: Fingerprint) -> bool:
+    return scan.spread < BLANK_SPREAD
+
+
+def _blank(
+    items: list[_Item], scans: list[Fingerprint], class_names: list[str], blank: set[int]
+) -> list[BlankImage]:
+    return [
+        BlankImage(items[i].name, items[i].used_in, class_names[items[i].label], scans[i].spread)
+        for i in sorted(blank)
+    ]
 
 
 def _imbalance(counts: dict[str, int]) -> tuple[float | None, dict[str, float]]:
@@ -360,20 +495,28 @@ def _unreadable_findings(report: AuditReport) -> Iterator[Finding]:
         yield Finding("unreadable", f"{entry.file}: {entry.reason}")
 
 
+def _blank_findings(report: AuditReport) -> Iterator[Finding]:
+    for image in report.blank_images:
+        detail = f"every pixel within {image.spread:.2f} grey levels of one value"
+        yield Finding("blank images", f"{image.file} (blank or constant: {detail})")
+
+
 def _duplicate_findings(report: AuditReport) -> Iterator[Finding]:
     for group in report.exact_duplicates:
         yield _duplicate_finding(report, group, exact=True)
-    for pair in report.near_duplicates:
-        yield _duplicate_finding(report, pair, exact=False)
+    for group in report.near_duplicates:
+        yield _duplicate_finding(report, group, exact=False)
 
 
 def _duplicate_finding(report: AuditReport, copies: Duplicates, exact: bool) -> Finding:
+    """Copies are a problem when they leak across splits or disagree on the label; copies
+    within one split with one label only weigh an image more, so they are a note."""
     category = "exact duplicates" if exact else "near duplicates"
-    files = (" = " if exact else " ~ ").join(copies.files)
+    files = _group_files(copies.files, " = " if exact else " ~ ")
     where = ("" if exact else f"distance {copies.distance}, ") + "in "
-    where += " and ".join(dict.fromkeys(copies.splits))
+    where += " and ".join(copies.spans)
     labels = sorted(set(copies.classes))
-    where += f", labelled {' and '.join(labels)}" if len(labels) > 1 else ""
+    where += f", labelled {' and '.join(labels)}" if copies.conflicting_labels else ""
     if report.automatic_split:
         where += ", can leak across the automatic train/val split"
         if copies.leaks:
@@ -383,7 +526,14 @@ def _duplicate_finding(report: AuditReport, copies: Duplicates, exact: bool) -> 
         harm = "the model is scored on what it trained on" if trained else "held-out splits overlap"
         copy = "exact copies" if exact else "near copies"
         return Finding("leakage", f"{copy} {files} ({where}: {harm})")
-    return Finding(category, f"{files} ({where})")
+    problem = copies.leaks or copies.conflicting_labels
+    return Finding(category, f"{files} ({where})", problem)
+
+
+def _group_files(files: list[str], separator: str) -> str:
+    shown = separator.join(files[:_FILES_SHOWN])
+    hidden = len(files) - _FILES_SHOWN
+    return f"{shown} and {hidden} more ({len(files)} files)" if hidden > 0 else shown
 
 
 def _imbalance_findings(report: AuditReport) -> Iterator[Finding]:
@@ -411,8 +561,11 @@ def _missing_findings(report: AuditReport) -> Iterator[Finding]:
 
 
 def _tiny_findings(report: AuditReport) -> Iterator[Finding]:
+    model = f" of {report.model}" if report.model else ""
     for image in report.tiny_images:
         size = f"{image.width}x{image.height}, a side under {report.min_size} px"
+        if report.image_size:
+            size += f" for the {report.image_size} px input{model}"
         yield Finding("tiny images", f"{image.file} ({size})")
 
 

@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from torchgraft.errors import UserError
 
@@ -139,12 +139,25 @@ def pil_to_tensor(image: Image.Image, channels: int) -> torch.Tensor:
     """A PIL image in any mode as a (channels, H, W) uint8 tensor; alpha is composited on white."""
     if image.mode in _HIGH_BIT_MODES:
         image = _to_8_bit(image)
+    if image.mode == "LAB":
+        image = lab_to_srgb(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
     image = image.convert("L" if channels == 1 else "RGB")
     array = np.array(image, dtype=np.uint8)  # a writable copy: PIL's buffer is read-only
     return array_to_tensor(array, channels)
+
+
+def lab_to_srgb(image: Image.Image) -> Image.Image:
+    """A CIE LAB image (TIFF's CIELab) in sRGB, through Pillow's colour management: Pillow's
+    `convert` has no LAB -> L, so without this a LAB file is readable in RGB only."""
+    transform = ImageCms.buildTransform(
+        ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
+    )
+    converted = ImageCms.applyTransform(image, transform)
+    assert converted is not None  # None only when converting in place
+    return converted
 
 
 def _to_8_bit(image: Image.Image) -> Image.Image:

@@ -13,7 +13,10 @@ copies differ by at most 0.021 (mean absolute difference); distinct mnist5k digi
 hashes collide differ by at least 0.037. `THUMBNAIL_TOLERANCE` sits between.
 
 `fingerprint_files` digests, decodes and hashes many files in worker processes, a chunk of
-files per round trip; `fingerprint_arrays` does the same for in-memory images, batched.
+files per round trip, through the decoder training uses and with the channels it uses, so
+both agree on which files are unreadable; `fingerprint_arrays` does the same for in-memory
+images, batched. Each fingerprint also records the spread of the pixel values, which tells
+blank or constant images apart.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +58,7 @@ class Fingerprint:
     mode: str = ""
     reason: str | None = None  # why the file cannot be used as an image; None when it can
     thumbnail: bytes = b""  # 16x16 normalised grayscale, float16, to confirm near duplicates
+    spread: float = 0.0  # largest per-channel standard deviation, grey levels (0: constant)
 
 
 def content_digest(path: Path, chunk_bytes: int = CHUNK_BYTES) -> str:
@@ -100,6 +105,13 @@ def thumbnails(images: torch.Tensor) -> np.ndarray:
     return (centred / (centred.std(1, keepdim=True) + 1e-6)).numpy().astype(np.float16)
 
 
+def pixel_spreads(images: torch.Tensor) -> np.ndarray:
+    """Per image of (N, C, H, W) uint8 images, the largest standard deviation of a channel,
+    in grey levels: 0 for an image whose pixels are all equal."""
+    flat = images.reshape(len(images), images.shape[1], -1).float()
+    return flat.std(dim=2, correction=0).amax(dim=1).numpy().astype(np.float64)
+
+
 def thumbnail_distance(first: bytes, second: bytes) -> float:
     """Mean absolute difference of two thumbnails (0 for the same picture)."""
     a = np.frombuffer(first, dtype=np.float16).astype(np.float32)
@@ -144,52 +156,65 @@ def near_duplicate_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[in
 
 
 def fingerprint_files(
-    paths: Sequence[Path], workers: int, progress: Progress | None = None
+    paths: Sequence[Path], workers: int, progress: Progress | None = None, channels: int = 3
 ) -> list[Fingerprint]:
-    """Fingerprints of `paths`, in order, from `workers` processes (0: in this process)."""
+    """Fingerprints of `paths`, in order, from `workers` processes (0: in this process),
+    decoded to `channels` (1 or 3) as training decodes them."""
     processes = min(workers, os.cpu_count() or 1)
     size = max(1, min(_MAX_CHUNK, len(paths) // max(4 * processes, 1)))
     chunks = [paths[start : start + size] for start in range(0, len(paths), size)]
     fingerprints: list[Fingerprint] = []
-    for done in _map_chunks(chunks, processes):
+    for done in _map_chunks(partial(fingerprint_chunk, channels=channels), chunks, processes):
         fingerprints.extend(done)
         if progress is not None:
             progress(len(done))
     return fingerprints
 
 
-def _map_chunks(chunks: list[Sequence[Path]], processes: int) -> Iterator[list[Fingerprint]]:
+ChunkWork = Callable[[Sequence[Path]], list[Fingerprint]]
+
+
+def _map_chunks(
+    work: ChunkWork, chunks: list[Sequence[Path]], processes: int
+) -> Iterator[list[Fingerprint]]:
     if processes == 0 or len(chunks) <= 1:
-        yield from map(fingerprint_chunk, chunks)
+        yield from map(work, chunks)
         return
     with ProcessPoolExecutor(min(processes, len(chunks)), initializer=_one_thread) as pool:
-        yield from pool.map(fingerprint_chunk, chunks)
+        yield from pool.map(work, chunks)
 
 
 def _one_thread() -> None:
     torch.set_num_threads(1)  # the worker processes are the parallelism
 
 
-def fingerprint_chunk(paths: Sequence[Path]) -> list[Fingerprint]:
+def fingerprint_chunk(paths: Sequence[Path], channels: int = 3) -> list[Fingerprint]:
     """Fingerprints of a few files (what one worker does per round trip)."""
-    return [fingerprint_file(path) for path in paths]
+    return [fingerprint_file(path, channels) for path in paths]
 
 
-def fingerprint_file(path: Path) -> Fingerprint:
-    """Digest, decode and hash one file; an unreadable one gets a reason instead."""
+def fingerprint_file(path: Path, channels: int = 3) -> Fingerprint:
+    """Decode, digest and hash one file; an unreadable one gets a reason instead.
+
+    Decoding comes first and goes through `decode_file`, as in training, so a file doctor
+    calls unreadable is one training skips, with the same reason.
+    """
     try:
+        image, info = decode_file(path, channels)
         digest = content_digest(path)
-    except OSError as error:
-        return Fingerprint("", reason=f"cannot be read ({error.strerror or error})")
-    try:
-        image, info = decode_file(path, channels=1)
     except UnreadableImage as error:
-        return Fingerprint(digest, reason=error.reason)
-    except OSError as error:
-        return Fingerprint(digest, reason=f"cannot be read ({error.strerror or error})")
-    thumbnail = thumbnails(image.unsqueeze(0))[0].tobytes()
+        return Fingerprint("", reason=error.reason)
+    except OSError as error:  # gone or unreadable between decoding and digesting
+        return Fingerprint("", reason=f"cannot open ({error.strerror or error})")
+    batch = image.unsqueeze(0)
     return Fingerprint(
-        digest, perceptual_hash(image), info.width, info.height, info.mode, thumbnail=thumbnail
+        digest,
+        int(perceptual_hashes(batch)[0]),
+        info.width,
+        info.height,
+        info.mode,
+        thumbnail=thumbnails(batch)[0].tobytes(),
+        spread=float(pixel_spreads(batch)[0]),
     )
 
 
@@ -204,10 +229,17 @@ def fingerprint_arrays(images: np.ndarray, progress: Progress | None = None) -> 
         height, width = batch.shape[1:3]
         hashes = perceptual_hashes(tensor).tolist()
         small = thumbnails(tensor)
-        for image, phash, thumbnail in zip(batch, hashes, small, strict=True):
+        spreads = pixel_spreads(tensor).tolist()
+        for image, phash, thumbnail, spread in zip(batch, hashes, small, spreads, strict=True):
             fingerprints.append(
                 Fingerprint(
-                    array_digest(image), phash, width, height, mode, thumbnail=thumbnail.tobytes()
+                    array_digest(image),
+                    phash,
+                    width,
+                    height,
+                    mode,
+                    thumbnail=thumbnail.tobytes(),
+                    spread=spread,
                 )
             )
         if progress is not None:

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +80,25 @@ def _hash_split(digest: hashlib._Hash, split: LabeledImages) -> None:
         digest.update(np.ascontiguousarray(split.images).tobytes())
         return
     for path in split.images:
-        digest.update(f"{path}\0{path.stat().st_size}\0".encode())
+        # fsencode: a file name that is not UTF-8 hashes as its bytes instead of failing.
+        digest.update(os.fsencode(path) + f"\0{_size_or_missing(path)}\0".encode())
+
+
+def _size_or_missing(path: Path) -> int:
+    """The file's size, or -1 for one that cannot be read (training lists it as unreadable)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
+
+
+def printable(text: str) -> str:
+    """`text` (a path) with the bytes of a file name that is not UTF-8 written as \\xNN.
+
+    Python holds such bytes as lone surrogates, which cannot be printed, encoded or written
+    to JSON; reports and skipped.csv name the file this way instead.
+    """
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def load_data(source: str, val_fraction: float = 0.2, seed: int = 0) -> DataSplits:
@@ -240,47 +259,77 @@ def _report_nested(class_folder: Path, files: list[Path]) -> None:
 def _load_label_file(path: Path, val_fraction: float, seed: int) -> DataSplits:
     """A CSV (path,label[,split]) or JSON-lines file; paths are relative to the file."""
     rows = _read_label_rows(path)
-    class_names = sorted({row["label"] for row in rows})
+    class_names = sorted({row.label for row in rows})
     index = {name: i for i, name in enumerate(class_names)}
-    images = [(path.parent / row["path"]).expanduser() for row in rows]
-    labels = np.asarray([index[row["label"]] for row in rows], dtype=np.int64)
+    images = [(path.parent / row.path).expanduser() for row in rows]
+    labels = np.asarray([index[row.label] for row in rows], dtype=np.int64)
     everything = LabeledImages(images, labels)
-    if all(row.get("split") for row in rows):
+    if any(row.split is not None for row in rows):
         return _splits_from_column(path, rows, class_names, everything)
     train_index, val_index = stratified_split(labels, val_fraction, seed)
     return DataSplits(str(path), class_names, everything.subset(train_index),
                       everything.subset(val_index))  # fmt: skip
 
 
-def _read_label_rows(path: Path) -> list[dict[str, str]]:
+@dataclass(frozen=True)
+class _LabelRow:
+    """One row of a label file; `number` is what a person sees (a CSV's line number)."""
+
+    number: int
+    path: str
+    label: str
+    split: str | None  # None when the file has no split column
+
+
+def _read_label_rows(path: Path) -> list[_LabelRow]:
+    csv_file = path.suffix.lower() == ".csv"
     try:
-        text = path.read_text()
-        if path.suffix.lower() == ".csv":
-            rows = [dict(row) for row in csv.DictReader(text.splitlines())]
+        # utf-8-sig: Excel starts its UTF-8 CSVs with a byte-order mark, which would otherwise
+        # become part of the first column's name ("\ufeffpath").
+        text = path.read_text(encoding="utf-8-sig")
+        if csv_file:
+            rows: list[object] = [dict(row) for row in csv.DictReader(text.splitlines())]
         else:
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise UserError(f"cannot read {path}: {error}") from None
-    for number, row in enumerate(rows, start=2 if path.suffix.lower() == ".csv" else 1):
-        if not isinstance(row, dict) or not row.get("path") or row.get("label") in (None, ""):
-            raise UserError(
-                f"{path}, row {number}: needs a 'path' and a 'label' (optional 'split': "
-                f"train, val or test), got {row!r}"
-            )
-        row["label"], row["path"] = str(row["label"]), str(row["path"])
     if not rows:
         raise UserError(f"{path} lists no images: expected rows of path,label")
-    return rows
+    has_split = any(isinstance(row, dict) and "split" in row for row in rows)
+    first = 2 if csv_file else 1  # a CSV's header is line 1
+    return [
+        _label_row(path, number, row, has_split) for number, row in enumerate(rows, start=first)
+    ]
+
+
+def _label_row(path: Path, number: int, row: object, has_split: bool) -> _LabelRow:
+    if not isinstance(row, dict) or not row.get("path") or row.get("label") in (None, ""):
+        raise UserError(
+            f"{path}, row {number}: needs a 'path' and a 'label' (optional 'split': "
+            f"train, val or test), got {row!r}"
+        )
+    split = row.get("split")
+    if has_split and (split is None or not str(split).strip()):
+        # Dropping the column instead would silently train on the rows meant for testing.
+        raise UserError(
+            f"{path}, row {number}: empty 'split' (use train, val or test, or remove the "
+            f"column to split automatically)"
+        )
+    return _LabelRow(number, str(row["path"]), str(row["label"]), str(split) if has_split else None)
 
 
 def _splits_from_column(
-    path: Path, rows: list[dict[str, str]], class_names: list[str], everything: LabeledImages
+    path: Path, rows: list[_LabelRow], class_names: list[str], everything: LabeledImages
 ) -> DataSplits:
     names = {"train": "train", "test": "test", **{n: "val" for n in VAL_FOLDER_NAMES}}
-    chosen = [names.get(str(row["split"]).strip().lower()) for row in rows]
-    unknown = sorted({row["split"] for row, c in zip(rows, chosen, strict=True) if c is None})
+    chosen = [names.get(str(row.split).strip().lower()) for row in rows]
+    unknown = [row for row, name in zip(rows, chosen, strict=True) if name is None]
     if unknown:
-        raise UserError(f"{path}: unknown split values {unknown}; use train, val or test")
+        values = sorted({str(row.split) for row in unknown})
+        raise UserError(
+            f"{path}, row {unknown[0].number}: unknown split values {values}; "
+            f"use train, val or test"
+        )
     by_split = {
         name: np.flatnonzero(np.asarray(chosen) == name) for name in ("train", "val", "test")
     }

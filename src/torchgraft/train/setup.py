@@ -15,6 +15,7 @@ from torchgraft.artifact import Preprocessing, Run, RunInfo, atomic_write_bytes,
 from torchgraft.config import DataConfig, RunConfig, to_dict
 from torchgraft.data import DataSplits, DecodedSplit, decode_split, load_display_names
 from torchgraft.data.cache import cache_root
+from torchgraft.data.sources import printable
 from torchgraft.errors import UserError
 from torchgraft.models.registry import BackboneSpec
 
@@ -134,7 +135,9 @@ def record_skipped(
         writer = csv.writer(buffer)
         writer.writerow(["path", "split", "reason"])
         for name, result in decoded.items():
-            writer.writerows([skipped.path, name, skipped.reason] for skipped in result.skipped)
+            writer.writerows(
+                [printable(str(skipped.path)), name, skipped.reason] for skipped in result.skipped
+            )
         atomic_write_bytes(run.path / SKIPPED_FILE, buffer.getvalue().encode())
         run.save_info()
     total = run.info.data_summary["skipped"]

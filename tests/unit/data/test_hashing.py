@@ -1,5 +1,6 @@
 import hashlib
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from torchgraft.data.decode import UnreadableImage, decode_file
 from torchgraft.data.hashing import (
     content_digest,
     fingerprint_arrays,
@@ -105,7 +107,47 @@ def test_fingerprint_file_gives_a_reason_instead_of_raising(tmp_path: Path) -> N
     good = fingerprint_file(tmp_path / "good.png")
     assert good.reason is None and (good.width, good.height, good.mode) == (40, 40, "RGB")
     assert fingerprint_file(tmp_path / "notes.jpg").reason == "not an image (unrecognised format)"
-    assert "cannot be read" in str(fingerprint_file(tmp_path / "missing.png").reason)
+    with pytest.raises(UnreadableImage) as training_says:  # what training skips it for
+        decode_file(tmp_path / "missing.png", 3)
+    assert fingerprint_file(tmp_path / "missing.png").reason == training_says.value.reason
+
+
+def lab_tiff(path: Path) -> Path:
+    """A CIE LAB TIFF: a mid-grey square with a light, reddish one inside."""
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    pixels[..., 0] = 128  # L* about 50
+    pixels[8:24, 8:24] = (220, 40, 20)  # Pillow stores a* and b* as signed bytes
+    Image.frombytes("LAB", (32, 32), pixels.tobytes()).save(path)
+    return path
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_lab_tiff_is_read_as_training_reads_it(tmp_path: Path, channels: int) -> None:
+    path = lab_tiff(tmp_path / "lab.tif")
+    scan = fingerprint_file(path, channels)
+    assert scan.reason is None and scan.mode == "LAB"
+    image = decode_file(path, channels)[0]
+    assert image.shape == (channels, 32, 32)
+    assert image[:, 16, 16].float().mean() > image[:, 0, 0].float().mean() + 40  # lighter inside
+    if channels == 3:
+        red, green, _ = image[:, 16, 16].tolist()
+        assert red > green + 30  # positive a* is towards red
+
+
+def test_spread_is_zero_for_a_constant_image_and_large_for_a_picture(tmp_path: Path) -> None:
+    Image.new("RGB", (40, 30), (90, 90, 90)).save(tmp_path / "grey.png")
+    Image.fromarray(class_image(1, 40)).save(tmp_path / "picture.png")
+    assert fingerprint_file(tmp_path / "grey.png").spread == 0
+    assert fingerprint_file(tmp_path / "picture.png").spread > 20
+    arrays = fingerprint_arrays(np.stack([np.full((28, 28), 7, np.uint8), photo()[:28, :28, 0]]))
+    assert arrays[0].spread == 0 and arrays[1].spread > 5
+
+
+def test_a_file_name_that_is_not_utf8_is_fingerprinted(tmp_path: Path) -> None:
+    path = tmp_path / os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes, as old cameras wrote
+    Image.fromarray(class_image(0, 40)).save(path)
+    scan = fingerprint_file(path)
+    assert scan.reason is None and scan.digest == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_fingerprint_arrays_matches_hashing_each_image() -> None:

@@ -1,4 +1,6 @@
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +127,66 @@ def test_a_single_class_folder_points_inside(tmp_path: Path) -> None:
     make_image_folder(tmp_path / "outer" / "dataset", classes=("cat", "dog"), per_class=2)
     with pytest.raises(UserError, match=r"single class folder \(dataset\).*pass .*outer/dataset"):
         load_data(str(tmp_path / "outer"))
+
+
+def write_labels(folder: Path, rows: list[str], encoding: str = "utf-8") -> Path:
+    """labels.csv over a generated two-class folder: a header, then one line per image."""
+    path = folder / "labels.csv"
+    path.write_text("\n".join(rows) + "\n", encoding=encoding)
+    return path
+
+
+def labelled_rows(folder: Path, per_class: int = 4) -> list[str]:
+    make_image_folder(folder / "imgs", classes=("a", "b"), per_class=per_class)
+    return [
+        f"{path.relative_to(folder).as_posix()},{path.parent.name},{'val' if i % 4 else 'train'}"
+        for i, path in enumerate(sorted((folder / "imgs").rglob("*.png")))
+    ]
+
+
+def test_a_csv_saved_by_excel_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    labels = write_labels(tmp_path, ["path,label,split", *labelled_rows(tmp_path)], "utf-8-sig")
+    assert labels.read_bytes().startswith(b"\xef\xbb\xbfpath,")
+    splits = load_data(str(labels))
+    assert splits.class_names == ["a", "b"] and len(splits.train) + len(splits.val) == 8
+
+
+def test_an_empty_split_cell_is_refused_with_its_row_number(tmp_path: Path) -> None:
+    rows = labelled_rows(tmp_path)
+    rows[5] = rows[5].rsplit(",", 1)[0] + ","  # the sixth image: line 7, after the header
+    labels = write_labels(tmp_path, ["path,label,split", *rows])
+    with pytest.raises(UserError) as refused:
+        load_data(str(labels))
+    message = str(refused.value)
+    assert "labels.csv, row 7: empty 'split'" in message and "\n" not in message
+    assert "train, val or test" in message and "remove the column" in message
+
+
+def test_a_json_line_without_the_split_others_have_is_refused(tmp_path: Path) -> None:
+    make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=2)
+    files = sorted((tmp_path / "imgs").rglob("*.png"))
+    lines = [
+        {"path": str(p.relative_to(tmp_path)), "label": p.parent.name, "split": "train"}
+        for p in files
+    ]
+    del lines[2]["split"]
+    (tmp_path / "labels.jsonl").write_text("\n".join(map(json.dumps, lines)))
+    with pytest.raises(UserError, match=r"labels.jsonl, row 3: empty 'split'"):
+        load_data(str(tmp_path / "labels.jsonl"))
+
+
+def test_the_fingerprint_survives_a_listed_file_that_is_missing(tmp_path: Path) -> None:
+    rows = [row.rsplit(",", 1)[0] for row in labelled_rows(tmp_path)]
+    labels = write_labels(tmp_path, ["path,label", *rows, "imgs/b/gone.png,b"])
+    first = load_data(str(labels)).fingerprint()
+    shutil.copy(tmp_path / "imgs" / "b" / "b_000.png", tmp_path / "imgs" / "b" / "gone.png")
+    assert load_data(str(labels)).fingerprint() != first  # and changes when the file appears
+
+
+def test_the_fingerprint_survives_a_file_name_that_is_not_utf8(tmp_path: Path) -> None:
+    make_image_folder(tmp_path, classes=("a", "b"), per_class=3)
+    odd = tmp_path / "a" / os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes, as old cameras wrote
+    shutil.copy(tmp_path / "a" / "a_000.png", odd)
+    splits = load_data(str(tmp_path))
+    assert odd in [*splits.train.images, *splits.val.images]
+    assert len(splits.fingerprint()) == 16
