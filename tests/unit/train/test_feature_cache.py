@@ -148,7 +148,9 @@ def test_cached_features_equal_freshly_computed_ones(
     for split in (splits.train, splits.val):
         decoded = decode_split(split, prep, quiet=True)
         images, _ = split_datasets(split, decoded, prep, "none")
-        key = features.feature_key("efficientnet_lite0", digest, prep, decoded.key)
+        key = features.feature_key(
+            "efficientnet_lite0", digest, prep, decoded.key, split.labels[decoded.kept]
+        )
         stored = load_tensors(tmp_path / "cache" / "features" / f"{key}.safetensors")
         loader = make_loader(images, 128, False, 0)
         fresh = features.compute_features(model, loader, torch.device("cpu"), quiet=True)
