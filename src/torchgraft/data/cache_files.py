@@ -40,7 +40,6 @@ _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 _in_use: set[Path] = set()  # entry files this process reads or has written (never evicted)
-_tidied: set[Path] = set()  # cache roots whose stale temporaries this process removed
 
 
 @dataclass(frozen=True)
@@ -94,10 +93,7 @@ def mark_used(path: Path) -> None:
 
 
 def tidy(root: Path) -> None:
-    """Once per process and root: remove the temporaries that killed processes left."""
-    if root.absolute() in _tidied:
-        return
-    _tidied.add(root.absolute())
+    """Remove the temporaries that killed processes left (a listing of three folders)."""
     removed = remove_files(stale_temporaries(root))
     if removed:
         size = sum(size for _, size in removed)

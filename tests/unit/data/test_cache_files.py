@@ -21,9 +21,8 @@ HOUR = 3600.0
 
 @pytest.fixture(autouse=True)
 def fresh_process_state(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test is a new process as far as the cache knows: nothing in use, nothing tidied."""
+    """Each test is a new process as far as the cache knows: no entry in use."""
     monkeypatch.setattr(cache_files, "_in_use", set())
-    monkeypatch.setattr(cache_files, "_tidied", set())
     monkeypatch.delenv(cache_files.LIMIT_VARIABLE, raising=False)
 
 
