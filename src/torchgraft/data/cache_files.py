@@ -132,8 +132,8 @@ def _writer_alive(name: str) -> bool:
 
 def _pid_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:  # alive, another user's
         return True
@@ -236,13 +236,19 @@ def clear(
 
 
 def remove_files(paths: Iterable[Path]) -> list[tuple[Path, int]]:
-    """Remove files, skipping those already gone; (path, size) of each one removed."""
+    """Remove files, skipping those already gone; (path, size) of each one removed. One that
+    cannot be removed (another user's, in a shared cache) is left, with a warning."""
     removed = []
     for path in paths:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             size = path.stat().st_size
             path.unlink()
-            removed.append((path, size))
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            logger.warning("could not remove the cache file %s: %s", path, error)
+            continue
+        removed.append((path, size))
     return removed
 
 
