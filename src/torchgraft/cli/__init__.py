@@ -7,9 +7,9 @@ failures exit 1; Ctrl-C exits 130 after training has kept its best weights.
 # Importing the command modules registers their commands on `app`, in this order in --help:
 # the pipeline from left to right.
 # isort: off
-from torchgraft.cli import training, evaluation, deployment, data
+from torchgraft.cli import training, evaluation, deployment, data, cache
 
 # isort: on
 from torchgraft.cli.common import app, main
 
-__all__ = ["app", "data", "deployment", "evaluation", "main", "training"]
+__all__ = ["app", "cache", "data", "deployment", "evaluation", "main", "training"]

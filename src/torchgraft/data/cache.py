@@ -11,6 +11,11 @@ available RAM is refused with a message that names `--cache disk`. The disk cach
 row by row through a memory map whose pages are released as they fill, so a dataset larger
 than RAM never has to fit in it; without room on disk, images are decoded on the fly.
 Files are digested through a manifest (`data.manifest`): unchanged files are not read again.
+
+A disk entry heals: its index records the pixel file's size and a CRC-32 of its rows, checked
+on every read (a few GB/s), so a truncated, overwritten or corrupt entry is rebuilt with one
+warning instead of crashing the run. Files are renamed into place whole (`data.cache_files`,
+which also removes a killed run's temporaries and keeps the cache under its size cap).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import math
 import mmap
 import os
 import shutil
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,8 +38,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from torchgraft.artifact import Preprocessing, atomic_write_bytes
+from torchgraft.artifact import Preprocessing
 from torchgraft.config import CACHE_MODES
+from torchgraft.data.cache_files import cache_write, enforce_limit, mark_used, tidy
 from torchgraft.data.decode import UnreadableImage, array_to_tensor, decode_file
 from torchgraft.data.manifest import manifest_for
 from torchgraft.data.sources import LabeledImages
@@ -44,11 +51,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CACHE_MODES", "DecodedSplit", "Skipped", "decode_split"]
 
-CACHE_FORMAT = 2  # bump when the stored entries would differ for the same key
+CACHE_FORMAT = 3  # bump when the stored entries would differ for the same key
 _BATCH = 32  # images per worker round trip while decoding
 MEMORY_SHARE = 0.5  # a memory cache may take at most this share of the available RAM
 DISK_MARGIN = 1 << 30  # free disk space left over after a disk cache is written
 RELEASE_BYTES = 256 << 20  # written cache pages dropped from memory this often
+CHECK_PIECE = 16 << 20  # bytes read at a time to verify an entry's checksum
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,7 @@ def decode_split(
     reuses them across runs, "none" only checks which images decode (pixels are not kept).
     """
     cache_dir = cache_dir or default_cache_dir()
+    tidy(cache_dir)  # temporaries a killed run left behind
     key = cache_key(images, preprocessing, cache_dir)
     shape = _rows_shape(len(images), preprocessing)
     if mode == "memory":
@@ -104,7 +113,7 @@ def decode_split(
         decoded.key = key
         return decoded
     folder = cache_dir / "images"
-    cached = _read_cached(folder, key, shape)
+    cached = _read_cached(folder, key, images, shape)
     if cached is not None:
         logger.info("decoded-image cache hit: %s (%d images)", folder / key, len(cached.kept))
         return cached
@@ -124,7 +133,7 @@ def cache_key(
     since the last run are read."""
     digest = hashlib.sha256(json.dumps([CACHE_FORMAT, asdict(preprocessing)]).encode())
     if isinstance(images.images, np.ndarray):
-        digest.update(str(images.images.shape).encode())
+        digest.update(f"{images.images.shape} {images.images.dtype}".encode())
         digest.update(np.ascontiguousarray(images.images).tobytes())
         return digest.hexdigest()[:24]
     manifest = manifest_for(cache_dir, images.images)
@@ -255,7 +264,7 @@ class MappedRows:
         self.file = open(path, "r+b")  # noqa: SIM115 (closed by close())
         self.map = mmap.mmap(self.file.fileno(), 0)
         self.rows = np.ndarray(shape, np.uint8, buffer=self.map, offset=offset)
-        self.row_bytes, self.unreleased = math.prod(shape[1:]), 0
+        self.offset, self.row_bytes, self.unreleased = offset, math.prod(shape[1:]), 0
 
     def __setitem__(self, index: int, image: np.ndarray) -> None:
         self.rows[index] = image
@@ -284,39 +293,87 @@ def _decode_to_disk(
     preprocessing: Preprocessing, workers: int, description: str, quiet: bool,
 ) -> DecodedSplit:  # fmt: skip
     """Decode straight into a new cache entry. Pixels first, under a temporary name, then
-    renamed; the index last, atomically: a reader sees a whole entry or none."""
-    partial = folder / f"{key}.npy.partial-{os.getpid()}"
-    rows = MappedRows(partial, shape)
-    try:
-        decoded = _decode_all(images, preprocessing, rows, workers, description, quiet)
-    except BaseException:  # Ctrl-C included: no half-written file is left behind
-        rows.close()
-        partial.unlink(missing_ok=True)
-        raise
-    rows.close()
-    os.replace(partial, folder / f"{key}.npy")
-    index = {"kept": decoded.kept.tolist(), "skipped": [asdict(s) for s in decoded.skipped]}
-    atomic_write_bytes(folder / f"{key}.json", json.dumps(index).encode())
-    cached = _read_cached(folder, key, shape)
+    renamed; the index last, with the pixel file's size and checksum: a reader sees a whole,
+    verified entry or none."""
+    pixels_file = folder / f"{key}.npy"
+    with cache_write(pixels_file) as partial:
+        rows = MappedRows(partial, shape)
+        try:
+            decoded = _decode_all(images, preprocessing, rows, workers, description, quiet)
+        finally:  # Ctrl-C included: cache_write then removes the half-written file
+            rows.close()
+        index = {
+            "format": CACHE_FORMAT, "shape": list(shape), "bytes": partial.stat().st_size,
+            "kept": decoded.kept.tolist(), "reasons": [item.reason for item in decoded.skipped],
+            "checksum": _rows_checksum(partial, rows.offset, len(decoded.kept) * rows.row_bytes),
+        }  # fmt: skip
+    with cache_write(folder / f"{key}.json") as temporary:
+        temporary.write_bytes(json.dumps(index).encode())
+    enforce_limit(folder.parent)
+    cached = _read_cached(folder, key, images, shape)
     assert cached is not None, "the entry just written reads back"
     return cached
 
 
-def _read_cached(folder: Path, key: str, shape: tuple[int, ...]) -> DecodedSplit | None:
-    """The entry `key`, memory-mapped, or None when it is missing or does not fit `shape`."""
+def _read_cached(
+    folder: Path, key: str, images: LabeledImages, shape: tuple[int, ...]
+) -> DecodedSplit | None:
+    """The entry `key`, memory-mapped and verified, or None when there is none. A damaged
+    entry (truncated, corrupt header, wrong shape, failed checksum, no index) gives one
+    warning and None: the caller rebuilds it, and the new files replace the damaged ones."""
     pixels_file, index_file = folder / f"{key}.npy", folder / f"{key}.json"
-    if not (pixels_file.is_file() and index_file.is_file()):
+    if not (pixels_file.is_file() or index_file.is_file()):
         return None
     try:
         index = json.loads(index_file.read_text())
-        pixels = np.load(pixels_file, mmap_mode="r")
-        kept = np.asarray(index["kept"], dtype=np.int64)
-        skipped = [Skipped(**item) for item in index["skipped"]]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        logger.warning("ignoring a damaged cache entry %s: %s", pixels_file, error)
+        kept, pixels = _verified(pixels_file, index, shape)
+        # The skipped files' paths are this run's (the data folder may have moved).
+        missing = np.setdiff1d(np.arange(len(images)), kept)
+        reasons = zip(missing, index["reasons"], strict=True)
+        skipped = [Skipped(str(images.images[i]), reason) for i, reason in reasons]
+    except Exception as error:  # any failure to parse means a damaged entry
+        logger.warning(
+            "the decoded-image cache entry %s is damaged (%s): rebuilding it", pixels_file,
+            str(error) or type(error).__name__,
+        )  # fmt: skip
         return None
-    if pixels.shape[1:] != tuple(shape[1:]) or len(pixels) < len(kept):
-        logger.warning("ignoring a cache entry of the wrong size: %s", pixels_file)
-        return None
+    mark_used(index_file)
     # Rows past the images that decoded were reserved for those that did not: unused.
     return DecodedSplit(kept, skipped, pixels[: len(kept)], key)
+
+
+def _verified(
+    pixels_file: Path, index: dict[str, Any], shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(kept indices, memory-mapped pixels) of an entry, after checking its index, the pixel
+    file's size, header and shape, and the checksum of its rows; ValueError if one fails."""
+    if index.get("format") != CACHE_FORMAT or tuple(index["shape"]) != tuple(shape):
+        raise ValueError(f"made for another format or shape: {index.get('shape')}")
+    size = pixels_file.stat().st_size
+    if size != index["bytes"]:
+        raise ValueError(f"{size} bytes instead of {index['bytes']}: truncated or overwritten")
+    pixels = np.load(pixels_file, mmap_mode="r")
+    if pixels.shape != tuple(shape) or pixels.dtype != np.uint8:
+        raise ValueError(f"holds {pixels.dtype} rows of shape {pixels.shape}")
+    kept = np.asarray(index["kept"], dtype=np.int64)
+    if len(kept) + len(index["reasons"]) != shape[0]:
+        raise ValueError("its index does not cover every image")
+    row_bytes = math.prod(shape[1:])
+    if _rows_checksum(pixels_file, pixels.offset, len(kept) * row_bytes) != index["checksum"]:
+        raise ValueError("checksum mismatch: the pixels changed on disk")
+    return kept, pixels
+
+
+def _rows_checksum(path: Path, offset: int, length: int) -> int:
+    """CRC-32 of `length` bytes of `path` from `offset`, read in pieces: a file larger than
+    RAM is checked without being mapped into this process (CRC-32 runs at a few GB/s)."""
+    checksum, piece = 0, bytearray(CHECK_PIECE)
+    with open(path, "rb") as file:
+        file.seek(offset)
+        while length > 0:
+            count = file.readinto(piece)
+            if not count:
+                raise ValueError("ends before its rows do")
+            view = memoryview(piece)[: min(count, length)]
+            checksum, length = zlib.crc32(view, checksum), length - len(view)
+    return checksum

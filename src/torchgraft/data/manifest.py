@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from torchgraft.artifact import atomic_write_bytes
+from torchgraft.data.cache_files import cache_write, mark_used
 from torchgraft.data.hashing import content_digest
 
 logger = logging.getLogger(__name__)
@@ -53,9 +53,15 @@ class DigestManifest:
         return digest
 
     def save(self) -> None:
-        if self.path is not None and self.changed:
-            atomic_write_bytes(self.path, json.dumps(self.entries).encode())
+        """Write the manifest when it changed; either way it counts as used (size cap)."""
+        if self.path is None:
+            return
+        if self.changed:
+            with cache_write(self.path) as temporary:
+                temporary.write_bytes(json.dumps(self.entries).encode())
             self.changed = False
+        elif self.path.is_file():
+            mark_used(self.path)
 
 
 def manifest_for(cache_dir: Path | None, files: Sequence[Path]) -> DigestManifest:

@@ -1,8 +1,11 @@
 """Backbone features computed once, so the frozen phase trains only the head on them.
 
 With a cache folder the features are kept on disk, keyed by the model, its backbone weights,
-the preprocessing and the images' contents: a later run on the same data and backbone skips
-the backbone entirely, and any change to weights, preprocessing or files makes a new entry.
+the preprocessing, the images' contents and their labels: a later run on the same data and
+backbone skips the backbone entirely, and any change to weights, preprocessing, files or
+labels (a relabelled dataset) makes a new entry, so the head always trains on today's
+labels. An entry carries a checksum of its tensors; one that fails it, or does not load, is
+recomputed with one warning.
 """
 
 from __future__ import annotations
@@ -12,20 +15,27 @@ import functools
 import hashlib
 import json
 import logging
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from torchgraft.artifact import Preprocessing, load_tensors, save_tensors
-from torchgraft.data import make_loader
+from torchgraft.artifact import Preprocessing
+from torchgraft.data import CachedImageDataset, ImageDataset, make_loader
+from torchgraft.data.cache_files import cache_write, enforce_limit, mark_used, tidy
 from torchgraft.models import GraftedClassifier
 
 logger = logging.getLogger(__name__)
+
+FEATURE_FORMAT = 2  # bump when the stored entries would differ for the same key
 
 
 @torch.no_grad()
@@ -58,9 +68,25 @@ def backbone_digest(model: GraftedClassifier) -> str:
     return digest.hexdigest()
 
 
-def feature_key(model_name: str, weights: str, preprocessing: Preprocessing, data_key: str) -> str:
-    parts = [model_name, weights, asdict(preprocessing), data_key]
+def feature_key(
+    model_name: str, weights: str, preprocessing: Preprocessing, data_key: str,
+    labels: np.ndarray,
+) -> str:  # fmt: skip
+    """The cache key of one split's features: everything they, and the labels stored beside
+    them, depend on."""
+    labels_digest = hashlib.sha256(np.ascontiguousarray(labels, np.int64).tobytes()).hexdigest()
+    parts = [FEATURE_FORMAT, model_name, weights, asdict(preprocessing), data_key, labels_digest]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
+
+
+def labels_of(dataset: Any) -> np.ndarray | None:
+    """The labels of a training dataset, in order, without decoding any image (None for a
+    dataset of another kind: its features are then not cached)."""
+    if isinstance(dataset, CachedImageDataset):
+        return np.asarray(dataset.labels)
+    if isinstance(dataset, ImageDataset):
+        return np.asarray(dataset.images.labels)
+    return None
 
 
 def cached_features(
@@ -76,16 +102,59 @@ def cached_features(
 ) -> TensorDataset:
     """Features of `dataset`, from `cache_dir/features/<key>` when there, computed otherwise."""
     path = cache_dir / "features" / f"{key}.safetensors" if cache_dir and key else None
-    if path is not None and path.is_file():
-        stored = load_tensors(path)
-        logger.info("feature cache hit: %s (%d images)", path, len(stored["labels"]))
-        return TensorDataset(stored["features"], stored["labels"])
+    if path is not None and cache_dir is not None:
+        tidy(cache_dir)  # temporaries a killed run left behind
+        stored = _read_entry(path, labels_of(dataset))
+        if stored is not None:
+            logger.info("feature cache hit: %s (%d images)", path, len(stored))
+            return stored
     loader = make_loader(dataset, batch_size, False, 0)
     computed = compute_features(model, loader, device, description=description, quiet=quiet)
-    if path is not None:
-        features, labels = computed.tensors
-        save_tensors(path, {"features": features, "labels": labels})
+    if path is not None and cache_dir is not None:
+        _write_entry(path, *computed.tensors)
+        enforce_limit(cache_dir)
     return computed
+
+
+def _read_entry(path: Path, labels: np.ndarray | None) -> TensorDataset | None:
+    """A verified entry, or None: missing, or damaged (one warning; the caller recomputes
+    and its new file replaces this one)."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            metadata = file.metadata() or {}
+            features, stored = file.get_tensor("features"), file.get_tensor("labels")
+        if metadata.get("format") != str(FEATURE_FORMAT):
+            raise ValueError(f"made by another version (format {metadata.get('format')})")
+        if metadata.get("checksum") != _checksum(features, stored):
+            raise ValueError("checksum mismatch: the features changed on disk")
+        if labels is not None and not np.array_equal(stored.numpy(), labels):
+            raise ValueError("its labels are not the dataset's")
+    except Exception as error:  # any failure to load means a damaged entry
+        logger.warning(
+            "the feature cache entry %s is damaged (%s): recomputing it", path,
+            str(error) or type(error).__name__,
+        )  # fmt: skip
+        return None
+    mark_used(path)
+    return TensorDataset(features, stored)
+
+
+def _write_entry(path: Path, features: torch.Tensor, labels: torch.Tensor) -> None:
+    tensors = {"features": features.contiguous(), "labels": labels.contiguous()}
+    metadata = {"format": str(FEATURE_FORMAT), "checksum": _checksum(*tensors.values())}
+    with cache_write(path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
+
+
+def _checksum(*tensors: torch.Tensor) -> str:
+    """CRC-32 of the tensors' bytes, their shapes and dtypes included."""
+    checksum = 0
+    for tensor in tensors:
+        checksum = zlib.crc32(f"{tuple(tensor.shape)} {tensor.dtype}".encode(), checksum)
+        checksum = zlib.crc32(np.ascontiguousarray(tensor.numpy()).data, checksum)
+    return str(checksum)
 
 
 @dataclass(frozen=True)
@@ -118,10 +187,8 @@ def frozen_features(
         cached_features, model, cache_dir=settings.cache_dir, batch_size=settings.batch_size,
         device=device, quiet=quiet,
     )  # fmt: skip
-    base = functools.partial(
-        feature_key, settings.model_name, backbone_digest(model), settings.preprocessing
-    )
-    val_features = compute(val, base(settings.val_key), description="features (val)")
+    key = functools.partial(_split_key, settings, backbone_digest(model))
+    val_features = compute(val, key(val, settings.val_key), description="features (val)")
     views = settings.views if settings.augment != "none" else 1
     train_views = []
     for view in range(views):
@@ -130,12 +197,20 @@ def frozen_features(
         tag = "" if view == 0 else f"|view{view}|{settings.augment}|{settings.seed}"
         with seeded(settings.seed * 7919 + view):
             train_views.append(
-                compute(images, base(settings.train_key + tag),
+                compute(images, key(images, settings.train_key + tag),
                         description=f"features (train, view {view + 1})")
             )  # fmt: skip
     features = torch.cat([view.tensors[0] for view in train_views])
     labels = torch.cat([view.tensors[1] for view in train_views])
     return TensorDataset(features, labels), val_features
+
+
+def _split_key(settings: FeatureSettings, weights: str, dataset: Any, data_key: str) -> str | None:
+    """The feature key of one split (None, not cached, when its labels are not known)."""
+    labels = labels_of(dataset)
+    if labels is None:
+        return None
+    return feature_key(settings.model_name, weights, settings.preprocessing, data_key, labels)
 
 
 @contextlib.contextmanager

@@ -148,7 +148,9 @@ def test_cached_features_equal_freshly_computed_ones(
     for split in (splits.train, splits.val):
         decoded = decode_split(split, prep, quiet=True)
         images, _ = split_datasets(split, decoded, prep, "none")
-        key = features.feature_key("efficientnet_lite0", digest, prep, decoded.key)
+        key = features.feature_key(
+            "efficientnet_lite0", digest, prep, decoded.key, split.labels[decoded.kept]
+        )
         stored = load_tensors(tmp_path / "cache" / "features" / f"{key}.safetensors")
         loader = make_loader(images, 128, False, 0)
         fresh = features.compute_features(model, loader, torch.device("cpu"), quiet=True)
@@ -183,3 +185,70 @@ def test_augmented_views_are_cached_per_view_and_reused(
     api.train(data, **views)
     assert backbone_calls == []  # every view came from the cache
     assert len(cache_entries(tmp_path)) == 4
+
+
+def write_labels(csv: Path, data: Path, relabel: dict[str, str]) -> None:
+    """A label file over the class folders' images, each labelled by its folder's name, or by
+    `relabel` of it; a fixed split (the first two images of each class are val)."""
+    rows = ["path,label,split"]
+    for image in sorted(data.glob("*/*.png")):
+        split = "val" if int(image.stem.split("_")[-1]) < 2 else "train"
+        label = relabel.get(image.parent.name, image.parent.name)
+        rows.append(f"{image.relative_to(csv.parent)},{label},{split}")
+    csv.write_text("\n".join(rows) + "\n")
+
+
+def test_a_relabelled_dataset_trains_the_head_on_the_new_labels(
+    tmp_path: Path, data: Path, settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same files in the same splits, two classes' labels swapped: the features may be the
+    same, but the head must learn the new labels, not the ones stored with the old entry."""
+    from torchgraft.train import recipe
+
+    targets: list[tuple[torch.Tensor, torch.Tensor]] = []
+    original = recipe.frozen_features
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        train, val = original(*args, **kwargs)
+        targets.append((train.tensors[1], val.tensors[1]))
+        return train, val
+
+    monkeypatch.setattr(recipe, "frozen_features", recording)
+    first, second = sorted(path.name for path in data.iterdir())[:2]
+    csv = tmp_path / "labels.csv"
+    for relabel in ({}, {first: second, second: first}):
+        write_labels(csv, data, relabel)
+        api.train(csv, **settings)
+        splits = load_data(str(csv))
+        assert torch.equal(targets[-1][0], torch.as_tensor(splits.train.labels))
+        assert torch.equal(targets[-1][1], torch.as_tensor(splits.val.labels))
+    assert not torch.equal(targets[0][0], targets[1][0])  # the labels did change
+    assert len(cache_entries(tmp_path)) == 4  # and got entries of their own
+
+
+def test_damaged_feature_entries_are_recomputed_with_one_warning_each(
+    tmp_path: Path, data: Path, settings: dict[str, Any], backbone_calls: list[int],
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """One entry truncated, the other with a flipped byte that only the checksum can tell."""
+    api.train(data, **settings)
+    entries = [tmp_path / "cache" / "features" / name for name in sorted(cache_entries(tmp_path))]
+    originals = [entry.read_bytes() for entry in entries]
+    stored = [load_tensors(entry) for entry in entries]
+    entries[0].write_bytes(originals[0][: len(originals[0]) // 2])
+    flipped = bytearray(originals[1])
+    flipped[-5] ^= 0xFF  # inside the last tensor's bytes
+    entries[1].write_bytes(bytes(flipped))
+
+    backbone_calls.clear()
+    run = api.train(data, **settings)
+    assert run.info.metrics["epoch"] == 1
+    warnings = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+    assert len(warnings) == 2  # one per damaged entry, each named
+    assert all(any(entry.name in warning for warning in warnings) for entry in entries)
+    assert len(backbone_calls) == 2
+    for entry, before in zip(entries, stored, strict=True):  # rebuilt whole, and verified
+        after = load_tensors(entry)
+        torch.testing.assert_close(after["features"], before["features"], rtol=1e-4, atol=1e-5)
+        assert torch.equal(after["labels"], before["labels"])
+        assert features._read_entry(entry, before["labels"].numpy()) is not None

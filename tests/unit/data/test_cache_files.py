@@ -1,0 +1,184 @@
+"""The cache folder's housekeeping: temporaries, the size cap, info and clear (and their CLI)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+from torchgraft.cli import app
+from torchgraft.data import cache_files
+from torchgraft.errors import UserError
+
+HOUR = 3600.0
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test is a new process as far as the cache knows: no entry in use."""
+    monkeypatch.setattr(cache_files, "_in_use", set())
+    monkeypatch.delenv(cache_files.LIMIT_VARIABLE, raising=False)
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def write(path: Path, size: int, age: float = 0.0) -> Path:
+    """A file of `size` bytes, last modified `age` seconds ago."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    when = time.time() - age
+    os.utime(path, (when, when))
+    return path
+
+
+def test_temporaries_of_dead_or_old_writers_are_removed_and_live_ones_kept(
+    tmp_path: Path,
+) -> None:
+    host, dead = cache_files._host(), dead_pid()
+    images, features = tmp_path / "images", tmp_path / "features"
+    stale = {
+        write(images / f".k1.npy.a1b2.tmp-{host}-{dead}", 1000),  # killed on this host
+        write(features / ".k2.safetensors.c3.tmp-elsewhere-12", 10, age=25 * HOUR),  # old
+        write(images / f"k3.npy.partial-{dead}", 10),  # an older version's name
+        write(tmp_path / "digests" / ".m.json.x9.tmp", 10, age=25 * HOUR),  # no pid, old
+    }
+    live = {
+        write(images / f".k4.npy.d4.tmp-{host}-{os.getpid()}", 10),  # this process writes
+        write(features / ".k5.safetensors.e5.tmp-elsewhere-12", 10, age=HOUR),  # another host
+        write(tmp_path / "digests" / ".m.json.y8.tmp", 10),  # no pid, just made
+    }
+    entry = write(images / "k6.npy", 10)
+    assert set(cache_files.temporaries(tmp_path)) == stale | live
+    cache_files.tidy(tmp_path)
+    assert set(cache_files.temporaries(tmp_path)) == live
+    assert entry.exists()
+
+
+def test_a_failed_write_leaves_neither_the_final_name_nor_a_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "features" / "key.safetensors"
+    with pytest.raises(RuntimeError), cache_files.cache_write(target) as temporary:
+        temporary.write_bytes(b"half")
+        assert f"-{os.getpid()}" in temporary.name and not target.exists()
+        raise RuntimeError("killed")
+    assert list(target.parent.iterdir()) == []
+
+
+def make_entries(root: Path) -> dict[str, Path]:
+    """Four entries of 100 bytes each, last used 4, 3, 2 and 1 hours ago."""
+    write(root / "images" / "a.npy", 60, age=4 * HOUR)
+    return {
+        "old-images": write(root / "images" / "a.json", 40, age=4 * HOUR),
+        "old-features": write(root / "features" / "b.safetensors", 100, age=3 * HOUR),
+        "digests": write(root / "digests" / "c.json", 100, age=2 * HOUR),
+        "new-features": write(root / "features" / "d.safetensors", 100, age=1 * HOUR),
+    }
+
+
+def test_least_recently_used_entries_go_beyond_the_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = make_entries(tmp_path)
+    monkeypatch.setenv(cache_files.LIMIT_VARIABLE, "250B")
+    evicted = cache_files.enforce_limit(tmp_path)
+    assert [(entry.kind, entry.name) for entry in evicted] == [("images", "a"), ("features", "b")]
+    assert not (tmp_path / "images" / "a.npy").exists() and not files["old-images"].exists()
+    assert files["digests"].exists() and files["new-features"].exists()
+    assert sum(entry.size for entry in cache_files.entries(tmp_path)) <= 250
+
+
+def test_entries_this_process_uses_are_never_evicted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = make_entries(tmp_path)
+    cache_files.mark_used(files["old-features"])  # memory-mapped by this run, say
+    old = time.time() - 5 * HOUR
+    os.utime(files["old-features"], (old, old))  # ... and used long ago: the oldest now
+    monkeypatch.setenv(cache_files.LIMIT_VARIABLE, "50B")
+    cache_files.enforce_limit(tmp_path)
+    assert [entry.name for entry in cache_files.entries(tmp_path)] == ["b"]
+    assert "more than its 50 B cap, all in use by this run" in caplog.text
+
+
+def test_read_entries_count_as_recently_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = make_entries(tmp_path)
+    cache_files.mark_used(files["old-images"])
+    cache_files._in_use.clear()  # another process now: only the time of use counts
+    monkeypatch.setenv(cache_files.LIMIT_VARIABLE, "250B")
+    cache_files.enforce_limit(tmp_path)
+    assert {entry.name for entry in cache_files.entries(tmp_path)} == {"a", "d"}
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("20GB", 20 * 10**9), ("500 mb", 500 * 10**6), ("1.5T", 15 * 10**11), ("2GiB", 2 << 30),
+     ("123", 123), ("none", None)],
+)  # fmt: skip
+def test_the_cap_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, size: int | None
+) -> None:
+    monkeypatch.setenv(cache_files.LIMIT_VARIABLE, text)
+    assert cache_files.size_limit(tmp_path) == size
+
+
+def test_a_bad_cap_names_the_variable_and_the_default_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    default = cache_files.size_limit(tmp_path / "not" / "made" / "yet")
+    assert default is not None and 0 < default <= cache_files.DEFAULT_LIMIT
+    monkeypatch.setenv(cache_files.LIMIT_VARIABLE, "lots")
+    with pytest.raises(UserError, match=r"TORCHGRAFT_CACHE_MAX_SIZE='lots' is not a size.*20GB"):
+        cache_files.size_limit(tmp_path)
+
+
+def graft(*args: str) -> Result:
+    """`graft cache ARGS`, in this process (a subprocess would spend seconds importing)."""
+    return CliRunner().invoke(app, ["cache", *args])
+
+
+def test_graft_cache_info_and_clear_by_kind_and_age(tmp_path: Path) -> None:
+    make_entries(tmp_path)
+    stale = write(tmp_path / "images" / f".e.npy.z.tmp-{cache_files._host()}-{dead_pid()}", 7)
+    shown = graft("info", "--cache-dir", str(tmp_path))
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert str(tmp_path) in lines[0] and "cap" in lines[0]
+    assert [line.split()[:2] for line in lines[1:5]] == [
+        ["images", "1"], ["features", "2"], ["digests", "1"], ["total", "4"]
+    ]  # fmt: skip
+    assert "400 B" in lines[4] and "1 temporary file(s), 7 B" in lines[5]
+
+    folder = ("--cache-dir", str(tmp_path))
+    cleared = graft("clear", "--kind", "features", "--older-than", "2h", *folder)
+    assert cleared.exit_code == 0, cleared.output
+    assert "removed features/b (100 B" in cleared.stdout and "features/d" not in cleared.stdout
+    assert f"removed stale temporary {stale}" in cleared.stdout
+    assert {entry.name for entry in cache_files.entries(tmp_path)} == {"a", "c", "d"}
+
+    everything = graft("clear", "--cache-dir", str(tmp_path))
+    assert "removed 3 entries (300 B)" in everything.stdout
+    assert cache_files.entries(tmp_path) == []
+
+
+def test_graft_cache_clear_refuses_a_bad_kind_or_age(tmp_path: Path) -> None:
+    make_entries(tmp_path)
+    refusals = [
+        (("--kind", "pixels"), "unknown cache kind 'pixels'"),
+        (("--older-than", "soon"), "--older-than 'soon' is not an age"),
+    ]
+    for args, message in refusals:
+        refused = graft("clear", *args, "--cache-dir", str(tmp_path))
+        assert refused.exit_code == 2 and message in refused.output
+    assert len(cache_files.entries(tmp_path)) == 4  # nothing removed
