@@ -90,7 +90,7 @@ def allowed_bases(size: int = 24) -> dict[str, tuple[str, bytes]]:
         "tiff_multipage": (".tiff", _encode(rgb, tiff, **frames)),
         "tiff_gray16": (".tiff", _encode(gray16, tiff)),
         "tiff_cmyk": (".tiff", _encode(rgb.convert("CMYK"), tiff)),
-        "tiff_lab": (".tiff", _encode(rgb.convert("LAB"), tiff)),
+        "tiff_lab": (".tiff", _encode(Image.merge("LAB", rgb.split()), tiff)),
     }
 
 
@@ -107,13 +107,13 @@ def foreign_bases(size: int = 24) -> dict[str, bytes]:
         "SGI": lambda: _encode(rgb, "SGI"),
         "TGA": lambda: _encode(rgb, "TGA"),
         "QOI": lambda: _encode(rgb, "QOI"),
-        "IM": lambda: _encode(rgb, "IM"),
         "MSP": lambda: _encode(rgb.convert("1"), "MSP"),
         "XBM": lambda: _encode(rgb.convert("1"), "XBM"),
         "SPIDER": lambda: _encode(rgb.convert("F"), "SPIDER"),
         "JPEG2000": lambda: _encode(rgb, "JPEG2000"),
         "AVIF": lambda: _encode(rgb, "AVIF"),
-        "PDF": lambda: _encode(rgb, "PDF"),
+        # Pillow's PDF writer stamps the time; a fixed file keeps the corpus reproducible.
+        "PDF": lambda: b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << >>\n%%EOF\n",
         "PSD": lambda: psd_bytes(np.asarray(rgb)),
         "SVG": lambda: b"<svg xmlns='http://www.w3.org/2000/svg' width='9' height='9'/>",
         "HTML": lambda: b"<!doctype html><html><body>404 not found</body></html>",

@@ -30,7 +30,13 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from torchgraft.artifact import Run
-from torchgraft.data.decode import MAX_PIXELS, TooManyPixels, UnreadableImage, decode_bytes
+from torchgraft.data.decode import (
+    MAX_PIXELS,
+    TooManyPixels,
+    UnreadableImage,
+    allowed_formats,
+    decode_bytes,
+)
 from torchgraft.errors import UserError
 from torchgraft.serve.predictor import Prediction, Predictor
 from torchgraft.serve.uploads import Upload, read_upload
@@ -62,6 +68,7 @@ def create_app(
     classes each answer lists; a request may ask for another with ?top_k=N. Images whose
     header declares more than `max_pixels` are refused with 413 before they are decoded."""
     check_max_pixels(max_pixels)
+    allowed_formats()  # a bad $TORCHGRAFT_EXTRA_IMAGE_FORMATS stops the start, not each upload
     predictor = (
         run
         if isinstance(run, Predictor)
