@@ -30,7 +30,13 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from torchgraft.artifact import Run
-from torchgraft.data.decode import MAX_PIXELS, TooManyPixels, UnreadableImage, decode_bytes
+from torchgraft.data.decode import (
+    MAX_PIXELS,
+    TooManyPixels,
+    UnreadableImage,
+    allowed_formats,
+    decode_bytes,
+)
 from torchgraft.errors import UserError
 from torchgraft.serve.predictor import Prediction, Predictor
 from torchgraft.serve.uploads import Upload, read_upload
@@ -62,6 +68,7 @@ def create_app(
     classes each answer lists; a request may ask for another with ?top_k=N. Images whose
     header declares more than `max_pixels` are refused with 413 before they are decoded."""
     check_max_pixels(max_pixels)
+    allowed_formats()  # a bad $TORCHGRAFT_EXTRA_IMAGE_FORMATS stops the start, not each upload
     predictor = (
         run
         if isinstance(run, Predictor)
@@ -171,8 +178,8 @@ def health_info(predictor: Predictor, top_k: int, limits: Limits) -> dict[str, A
 
 
 def decode_upload(predictor: Predictor, upload: Upload, max_pixels: int) -> torch.Tensor:
-    """The upload as the model's uint8 input; 400 if it won't decode, 413 if it has more than
-    `max_pixels`. Runs in a worker thread.
+    """The upload decoded and resized as the model's uint8 input; 400 if it won't decode, 413 if
+    it has more than `max_pixels`. Runs in a worker thread.
 
     Unlike `Predictor.preprocess`, a JPEG decodes at reduced scale (`draft`), down to twice the
     training size: a 5000x5000 JPEG then took 0.02 s and 8 MB instead of 0.4 s and 430 MB.
@@ -184,10 +191,11 @@ def decode_upload(predictor: Predictor, upload: Upload, max_pixels: int) -> torc
     """
     size = predictor.info.preprocessing.image_size
     channels = predictor.info.preprocessing.channels
-    try:
+    try:  # the resize too: whatever a hostile file does to either step is a 4xx, never a 500
         pixels, _ = decode_bytes(
             upload.data, channels, upload.name, max_pixels=max_pixels, draft_size=2 * size
         )
+        return predictor.transform(pixels)
     except TooManyPixels as error:
         raise HTTPException(413, f"{upload.name}: {error.reason}; send a smaller image") from None
     except UnreadableImage as error:
@@ -195,7 +203,6 @@ def decode_upload(predictor: Predictor, upload: Upload, max_pixels: int) -> torc
     except Exception as error:  # a hostile file can trip any decoder bug: still the input's fault
         logger.warning("could not decode %s", upload.name, exc_info=True)
         raise HTTPException(400, f"{upload.name}: cannot decode ({type(error).__name__})") from None
-    return predictor.transform(pixels)
 
 
 def classify_upload(
