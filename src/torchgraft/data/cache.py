@@ -41,7 +41,12 @@ from tqdm.auto import tqdm
 from torchgraft.artifact import Preprocessing
 from torchgraft.config import CACHE_MODES
 from torchgraft.data.cache_files import cache_write, enforce_limit, mark_used, tidy
-from torchgraft.data.decode import UnreadableImage, array_to_tensor, decode_file
+from torchgraft.data.decode import (
+    UnreadableImage,
+    allowed_formats,
+    array_to_tensor,
+    decode_file,
+)
 from torchgraft.data.manifest import manifest_for
 from torchgraft.data.sources import LabeledImages
 from torchgraft.data.transforms import eval_transform
@@ -127,11 +132,13 @@ def decode_split(
 def cache_key(
     images: LabeledImages, preprocessing: Preprocessing, cache_dir: Path | None = None
 ) -> str:
-    """A hash of every image's content (file bytes or array bytes) and of the preprocessing.
+    """A hash of every image's content (file bytes or array bytes), of the preprocessing and
+    of the formats decoded (opting in to one turns skipped files into pixels).
 
     File digests come from the folder's manifest under `cache_dir`: only files that changed
     since the last run are read."""
-    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, asdict(preprocessing)]).encode())
+    settings = [CACHE_FORMAT, asdict(preprocessing), allowed_formats()]
+    digest = hashlib.sha256(json.dumps(settings).encode())
     if isinstance(images.images, np.ndarray):
         digest.update(f"{images.images.shape} {images.images.dtype}".encode())
         digest.update(np.ascontiguousarray(images.images).tobytes())

@@ -168,6 +168,19 @@ def test_unchanged_files_are_not_read_again(tmp_path: Path) -> None:
     assert changed[0] != first[0] and changed[1] == 1
 
 
+def test_opting_in_to_another_format_changes_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file skipped as an unsupported format decodes once its format is allowed, so the
+    entry made without it must not be reused."""
+    from torchgraft.data.decode import EXTRA_FORMATS_VARIABLE
+
+    images = _split(make_image_folder(tmp_path / "data", per_class=3, size=32))
+    default = cache_key_reading(images, tmp_path / "cache")[0]
+    monkeypatch.setenv(EXTRA_FORMATS_VARIABLE, "PPM")
+    assert cache_key_reading(images, tmp_path / "cache")[0] != default
+
+
 def cache_key_reading(images: LabeledImages, cache: Path) -> tuple[str, int]:
     """(the cache key, how many files computing it read)."""
     from torchgraft.data import manifest
