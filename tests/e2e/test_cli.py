@@ -51,6 +51,7 @@ def test_help_explains_every_option() -> None:
         ("predict", "x.jpg", "--run", "/no/such/run"),
         ("train", "mnist5k", "--model", "resnet5O"),
         ("train", "mnist5k", "--resize", "crpo"),
+        ("train", "--resume", "runs/x", "--overwrite"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_no_traceback(args: tuple[str, ...]) -> None:

@@ -405,10 +405,11 @@ def refuse_non_finite(record: EpochRecord, run_path: Path) -> None:
         if (run_path / WEIGHTS_FILE).is_file()
         else "no epoch finished with a usable loss, so no weights were saved"
     )
+    rate = "--head-lr" if record.phase == "head" else "--lr"
     raise NonFiniteLoss(
         f"training stopped at epoch {record.epoch} ({record.phase} phase): the {losses}. "
-        f"Its weights are discarded; {kept}. Train again with a lower --lr (this epoch ended "
-        f"at {record.lr:.2e}) or with --grad-clip 1.0."
+        f"Its weights are discarded; {kept}. Train again with a lower {rate} (this epoch "
+        f"ended at {record.lr:.2e}) or with --grad-clip 1.0."
     )
 
 
