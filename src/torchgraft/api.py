@@ -42,6 +42,7 @@ def train(
     *,
     config: str | Path | None = None,
     callbacks: Sequence[Callback] = (),
+    overwrite: bool = False,
     **settings: Any,
 ) -> Run:
     """Train a classifier and return its run directory.
@@ -50,11 +51,13 @@ def train(
     their flat names (model, epochs, lr, image_size, ...); `config` a YAML file under them.
     `callbacks` are your own `torchgraft.train.callbacks.Callback` objects: they hear every
     optimizer step (`on_step_end`) and epoch (`on_epoch_end`) and may call `trainer.stop()`.
+    A `name` whose run exists is refused (a UserError) unless `overwrite`, which replaces
+    that run once the new one's data has decoded.
     """
     from torchgraft.train import fit
 
     run_config = _config_with_data(data, config, settings)
-    run = fit(run_config, callbacks=callbacks)
+    run = fit(run_config, callbacks=callbacks, overwrite=overwrite)
     return _with_report(run, run_config.train.report, run_config.train.quiet)
 
 

@@ -114,7 +114,11 @@ class Run:
 
     @classmethod
     def create(cls, path: Path, info: RunInfo) -> Run:
-        path.mkdir(parents=True, exist_ok=True)
+        """A new run in a folder made here: FileExistsError when `path` exists, so a new
+        run never writes into an old one and two processes never share a folder (mkdir
+        is atomic: exactly one of them makes it)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir()
         run = cls(path, info)
         run.save_info()
         return run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -50,6 +51,7 @@ def test_help_explains_every_option() -> None:
         ("predict", "x.jpg", "--run", "/no/such/run"),
         ("train", "mnist5k", "--model", "resnet5O"),
         ("train", "mnist5k", "--resize", "crpo"),
+        ("train", "--resume", "runs/x", "--overwrite"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_no_traceback(args: tuple[str, ...]) -> None:
@@ -157,3 +159,35 @@ def test_evaluate_runs_on_the_device_it_is_given(tiny_run: Path) -> None:
     if not torch.cuda.is_available():  # asked for a GPU it lacks: refused, not run elsewhere
         on_gpu = graft("evaluate", "--run", str(tiny_run), "--device", "cuda", "--quiet")
         assert on_gpu.returncode == 2 and "cuda: torch sees no CUDA device" in on_gpu.stderr
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_training_twice_under_one_name_leaves_the_first_run_intact(tmp_path: Path) -> None:
+    from torchgraft.testing import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", per_class=6, size=16)
+    train = ("train", str(data), "--model", "mlp", "--epochs", "1", "--name", "x",
+             "--no-report", "--quiet")  # fmt: skip
+    assert graft(*train, cwd=tmp_path).returncode == 0
+    run = tmp_path / "runs" / "x"
+    before = _hashes(run)
+    assert "model.safetensors" in before and "checkpoints/last.json" in before
+
+    again = graft(*train, "--epochs", "2", cwd=tmp_path)
+    assert again.returncode == 2
+    assert _hashes(run) == before
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["x"]
+    message = again.stderr.strip()
+    assert len(message.splitlines()) == 1 and "Traceback" not in again.stderr
+    assert "--resume runs/x" in message and "--name" in message and "--overwrite" in message
+
+    replaced = graft(*train, "--epochs", "2", "--overwrite", cwd=tmp_path)
+    assert replaced.returncode == 0, replaced.stderr
+    assert json.loads((run / "graft.json").read_text())["config"]["train"]["epochs"] == 2

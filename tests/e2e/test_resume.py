@@ -1,4 +1,4 @@
-"""Checkpoints resume exactly: after kill -9, after Ctrl-C, and to extend a finished run."""
+"""Checkpoints resume exactly: after kill -9, SIGTERM or Ctrl-C, and to extend a finished run."""
 
 from __future__ import annotations
 
@@ -40,22 +40,41 @@ def wait_for_epoch(run: Path, epoch: int, process: subprocess.Popen[str]) -> Non
     pytest.fail("the training process never reached the epoch to kill it at")
 
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run the stopped ones must end up identical to."""
+    root = tmp_path_factory.mktemp("straight")
+    assert graft(*TRAIN, "--name", "straight", cwd=root).returncode == 0
+    return root / "runs" / "straight"
+
+
+def started_in_the_background() -> None:
+    """As `nohup graft ... &` leaves a process: SIGINT ignored (SIGTERM must still work)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.mark.slow
-def test_resume_after_kill_9_gives_the_uninterrupted_weights(tmp_path: Path) -> None:
-    assert graft(*TRAIN, "--name", "straight", cwd=tmp_path).returncode == 0
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_resume_after_a_kill_gives_the_uninterrupted_weights(
+    stop: signal.Signals, straight: Path, tmp_path: Path
+) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     process = subprocess.Popen(
-        [*GRAFT, *TRAIN, "--name", "killed"], cwd=tmp_path, env=env, text=True
-    )
+        [*GRAFT, *TRAIN, "--name", "killed"], cwd=tmp_path, env=env, text=True,
+        stderr=subprocess.PIPE, preexec_fn=started_in_the_background,
+    )  # fmt: skip
     killed = tmp_path / "runs" / "killed"
     wait_for_epoch(killed, 2, process)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=300)
     assert json.loads((killed / "checkpoints" / "last.json").read_text())["progress"]["epoch"] < 6
+    if stop == signal.SIGTERM:  # stopped as Ctrl-C stops it, saying how to go on
+        assert process.returncode == 130, stderr
+        assert "resume with `graft train --resume runs/killed`" in stderr
+        assert "Traceback" not in stderr
 
     resumed = graft("train", "--resume", str(killed), "--quiet", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    straight = tmp_path / "runs" / "straight"
     expected, actual = final_weights(straight), final_weights(killed)
     assert expected.keys() == actual.keys()
     assert all(torch.equal(expected[k], actual[k]) for k in expected)

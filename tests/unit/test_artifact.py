@@ -97,3 +97,12 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_no_temporary(tmp_path: Pat
     assert seen[0].suffix == ".pt2" and seen[0].parent == tmp_path  # writers may check it
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["model.pt2"]
+
+
+def test_creating_a_run_never_writes_into_an_existing_folder(tmp_path: Path) -> None:
+    old = Run.create(tmp_path / "run", _info())
+    old.save_weights({"w": torch.ones(2)})
+    before = {p.name: p.read_bytes() for p in old.path.iterdir()}
+    with pytest.raises(FileExistsError):
+        Run.create(tmp_path / "run", RunInfo("mlp", ["x"], ["x"], _info().preprocessing))
+    assert {p.name: p.read_bytes() for p in old.path.iterdir()} == before

@@ -276,6 +276,14 @@ def train(
             "with --epochs N, extend a finished run to N fine-tune epochs.",
         ),
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace the run --name names, once the new run's data has decoded "
+            "(without it, an existing name is refused).",
+        ),
+    ] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bars; only the result.")
     ] = False,
@@ -284,14 +292,14 @@ def train(
     settings = {
         key: value
         for key, value in locals().items()
-        if value is not None and key not in ("config", "quiet", "resume")
+        if value is not None and key not in ("config", "quiet", "resume", "overwrite")
     }
     if quiet:
         settings["quiet"] = True
     from torchgraft import api
 
     if resume is not None:
-        extra = sorted(set(settings) - {"epochs", "quiet"})
+        extra = sorted(set(settings) - {"epochs", "quiet"}) + ["--overwrite"] * overwrite
         if extra or config is not None or data is not None:
             typer.echo(
                 "error: --resume continues a run as it was configured; only --epochs "
@@ -301,7 +309,7 @@ def train(
             raise typer.Exit(2)
         run = guard(lambda: api.resume(resume, epochs=epochs, quiet=quiet), quiet)
     else:
-        run = guard(lambda: api.train(config=config, **settings), quiet)
+        run = guard(lambda: api.train(config=config, overwrite=overwrite, **settings), quiet)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun, rank 0 speaks for all
     accuracy = run.info.metrics.get("val_accuracy")

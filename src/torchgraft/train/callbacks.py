@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,8 +41,11 @@ class EpochRecord:
         return self.val_accuracy if monitor == "val_accuracy" else -self.val_loss
 
     def improves_on(self, best: EpochRecord | None, monitor: str) -> bool:
-        """A higher monitored score wins; on a tie, the lower validation loss."""
-        if best is None:
+        """A higher monitored score wins; on a tie, the lower validation loss. A score that
+        is not a number (a NaN loss) never wins, and any number beats one."""
+        if not math.isfinite(self.score(monitor)):
+            return False
+        if best is None or not math.isfinite(best.score(monitor)):
             return True
         if self.score(monitor) != best.score(monitor):
             return self.score(monitor) > best.score(monitor)

@@ -76,6 +76,24 @@ def save_checkpoint(
         (folder / previous).unlink(missing_ok=True)
 
 
+def has_checkpoint(run_path: Path) -> bool:
+    """Whether a run has a complete epoch to resume from."""
+    return (run_path / CHECKPOINT_FOLDER / INDEX_FILE).is_file()
+
+
+def how_to_resume(path: Path) -> str:
+    """What an interrupted run kept: its last complete epoch, or nothing to resume."""
+    if has_checkpoint(path):
+        return (
+            "interrupted: the last complete epoch is kept; resume with "
+            f"`graft train --resume {path}`"
+        )
+    return (
+        f"interrupted before the first epoch ended: {path} has nothing to resume; train "
+        "again with --overwrite"
+    )
+
+
 def load_checkpoint(run_path: Path) -> Checkpoint:
     folder = run_path / CHECKPOINT_FOLDER
     if not (folder / INDEX_FILE).is_file():

@@ -16,10 +16,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,20 @@ def broadcast_text(text: str, context: Distributed) -> str:
     box = [text]
     dist.broadcast_object_list(box, src=0)
     return str(box[0])
+
+
+def broadcast_float(value: float, context: Distributed) -> float:
+    """Rank 0's number on every rank, exactly (the learning rate `--lr auto` found)."""
+    return float(broadcast_text(repr(float(value)), context))
+
+
+def gather_objects(value: T, context: Distributed) -> list[T]:
+    """Every rank's `value` (picklable plain data), in rank order, on every rank."""
+    if context.world_size == 1:
+        return [value]
+    gathered: list[Any] = [None] * context.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 class ShardSampler(Sampler[int]):

@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,7 +25,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import TensorDataset
 from torchvision.utils import make_grid
 
-from torchgraft.artifact import Run
+from torchgraft.artifact import WEIGHTS_FILE, Run
+from torchgraft.errors import GraftRuntimeError
 from torchgraft.models import GraftedClassifier
 from torchgraft.train.batches import BatchSource, Loader
 from torchgraft.train.callbacks import Callback, EpochRecord
@@ -215,6 +217,7 @@ class Trainer:
             active.scheduler.load_state_dict(checkpoint.meta["scheduler"])
         while self.position[1] < phase.epochs:
             self._run_epoch(active)
+            refuse_non_finite(self.records[-1], self.run.path)  # before any callback saves
             self.position = (index, self.position[1] + 1)
             self._call("on_epoch_end", self.records[-1])
             if any_rank(self.stop_reason is not None, self.distributed):
@@ -379,6 +382,35 @@ class Trainer:
             return None
         images = [self.data.train_images[i][0] for i in range(count)]
         return make_grid(torch.stack(images), nrow=4)
+
+
+class NonFiniteLoss(GraftRuntimeError):
+    """The loss became NaN or infinite: the run stops before the epoch is recorded."""
+
+
+def refuse_non_finite(record: EpochRecord, run_path: Path) -> None:
+    """Stop the run when an epoch's training or validation loss is not a number.
+
+    Raised before the callbacks hear of the epoch, so the best weights, metrics.csv and
+    the checkpoint stay those of the last good epoch. Under DDP the losses are summed over
+    ranks first, so every rank stops together.
+    """
+    bad = {"training": record.train_loss, "validation": record.val_loss}
+    bad = {name: loss for name, loss in bad.items() if not math.isfinite(loss)}
+    if not bad:
+        return
+    losses = " and ".join(f"{name} loss is {loss}" for name, loss in bad.items())
+    kept = (
+        f"the best weights so far are kept in {run_path / WEIGHTS_FILE}"
+        if (run_path / WEIGHTS_FILE).is_file()
+        else "no epoch finished with a usable loss, so no weights were saved"
+    )
+    rate = "--head-lr" if record.phase == "head" else "--lr"
+    raise NonFiniteLoss(
+        f"training stopped at epoch {record.epoch} ({record.phase} phase): the {losses}. "
+        f"Its weights are discarded; {kept}. Train again with a lower {rate} (this epoch "
+        f"ended at {record.lr:.2e}) or with --grad-clip 1.0."
+    )
 
 
 def saved_phases(checkpoint: Checkpoint) -> list[Phase]:

@@ -49,9 +49,15 @@ from torchgraft.train.callbacks import (
     MetricsCsv,
     TensorBoardLogger,
 )
-from torchgraft.train.checkpoint import Checkpoint, load_checkpoint
+from torchgraft.train.checkpoint import (
+    Checkpoint,
+    has_checkpoint,
+    how_to_resume,
+    load_checkpoint,
+)
 from torchgraft.train.distributed import (
     Distributed,
+    broadcast_float,
     broadcast_text,
     device_for,
     join_process_group,
@@ -63,12 +69,17 @@ from torchgraft.train.lr_find import LrFindResult
 from torchgraft.train.optim import OptimizerSettings
 from torchgraft.train.phases import ImageSet, Phase, extend_plan, plan_phases, whole_network_epochs
 from torchgraft.train.setup import (
+    agree_on_decoded,
     create_run,
     decode_splits,
+    elastic_restart_of,
+    has_trained,
     loader_workers,
     record_skipped,
+    refuse_existing_run,
     resolve_preprocessing,
 )
+from torchgraft.train.signals import sigterm_as_interrupt
 from torchgraft.train.steps import step_options
 
 logger = logging.getLogger(__name__)
@@ -76,12 +87,21 @@ logger = logging.getLogger(__name__)
 HEAD_LR_FACTOR = 5.0  # the head alone on fixed features takes larger steps (mnist5k: 93% vs 86%)
 
 
-def fit(config: RunConfig, callbacks: Sequence[Callback] = ()) -> Run:
+def fit(config: RunConfig, callbacks: Sequence[Callback] = (), overwrite: bool = False) -> Run:
     """Train a classifier as `config` says and return its run directory.
 
     `callbacks` are the user's own (see `train.callbacks.Callback`), called after ours.
+    A run named like an existing one is refused unless `overwrite`. Under a torchrun
+    restart, the named run resumes from its checkpoint instead of starting again.
     """
     started = time.monotonic()  # a time limit counts from here: data and features included
+    restarted = elastic_restart_of(config.train.runs_dir, config.train.name)
+    if restarted is not None and has_checkpoint(restarted):
+        logger.warning("torchrun restarted the job: resuming %s from its checkpoint", restarted)
+        return resume(restarted, quiet=config.train.quiet, callbacks=callbacks)
+    # The failed attempt ended before its first epoch did: nothing in its folder to keep.
+    overwrite = overwrite or (restarted is not None and not has_trained(restarted))
+    refuse_existing_run(config.train.runs_dir, config.train.name, overwrite)
     seed_everything(config.train)
     splits = load_run_splits(config)
     spec = get_spec(config.model.name)
@@ -96,8 +116,11 @@ def fit(config: RunConfig, callbacks: Sequence[Callback] = ()) -> Run:
     with training_session(config) as (context, config):
         device = place_model(model, config, context)
         decoded = decode_splits(splits, preprocessing, config.data, config.train.quiet)
-        config, sweep = settle_learning_rate(config, model, splits, decoded, preprocessing, device)
-        run = create_run(config, splits, preprocessing, write=context.is_main)
+        decoded = agree_on_decoded(decoded, context)
+        config, sweep = settle_learning_rate(
+            config, model, splits, decoded, preprocessing, device, context
+        )
+        run = create_run(config, splits, preprocessing, context.is_main, overwrite)
         if context.world_size > 1:  # rank 0 chose the (unique) folder; everyone uses it
             run.path = Path(broadcast_text(str(run.path), context))
         record_skipped(run, splits, decoded, write=context.is_main)
@@ -111,9 +134,12 @@ def fit(config: RunConfig, callbacks: Sequence[Callback] = ()) -> Run:
     return run
 
 
-def resume(path: str | Path, epochs: int | None = None, quiet: bool | None = None) -> Run:
+def resume(
+    path: str | Path, epochs: int | None = None, quiet: bool | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> Run:  # fmt: skip
     """Continue a run from its last checkpoint; `epochs` extends it to that many
-    whole-network epochs in all."""
+    whole-network epochs in all. `callbacks` are the user's own, as for `fit`."""
     run = Run.load(path)
     config = config_from_dict(run.info.config)
     checkpoint = load_checkpoint(run.path)
@@ -135,10 +161,11 @@ def resume(path: str | Path, epochs: int | None = None, quiet: bool | None = Non
         device = place_model(model, config, context)
         preprocessing = run.info.preprocessing
         decoded = decode_splits(splits, preprocessing, config.data, config.train.quiet)
+        decoded = agree_on_decoded(decoded, context)
         record_skipped(run, splits, decoded, write=context.is_main)
-        callbacks = build_callbacks(config, context.is_main, time.monotonic(), None)
+        ours = build_callbacks(config, context.is_main, time.monotonic(), None)
         trainer = trainer_for(
-            run, config, model, splits, decoded, phases, device, context, callbacks
+            run, config, model, splits, decoded, phases, device, context, [*ours, *callbacks]
         )
         run_trainer(trainer, checkpoint)
     return run
@@ -223,7 +250,8 @@ def build_model(
 def training_session(config: RunConfig) -> Iterator[tuple[Distributed, RunConfig]]:
     """The process group (torchrun) and the process's settings, put back afterwards.
 
-    Under DDP only rank 0 shows progress and logs; every rank trains.
+    Under DDP only rank 0 shows progress and logs; every rank trains. SIGTERM stops the
+    session as Ctrl-C does (train.signals).
     """
     context = join_process_group()
     if not context.is_main:
@@ -231,10 +259,8 @@ def training_session(config: RunConfig) -> Iterator[tuple[Distributed, RunConfig
         logging.getLogger("torchgraft").setLevel(logging.WARNING)
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        yield context, config
-    except KeyboardInterrupt:
-        logger.warning("interrupted: resume with `graft train --resume <run>`")
-        raise
+        with sigterm_as_interrupt():
+            yield context, config
     finally:
         torch.use_deterministic_algorithms(deterministic)  # leave the process as it was
         leave_process_group(context)
@@ -252,8 +278,10 @@ def place_model(model: GraftedClassifier, config: RunConfig, context: Distribute
 def settle_learning_rate(
     config: RunConfig, model: GraftedClassifier, splits: DataSplits,
     decoded: dict[str, DecodedSplit], preprocessing: Preprocessing, device: torch.device,
+    context: Distributed,
 ) -> tuple[RunConfig, LrFindResult | None]:  # fmt: skip
-    """`lr: auto` becomes the lr finder's suggestion, found on the fine-tune set-up."""
+    """`lr: auto` becomes the lr finder's suggestion, found on the fine-tune set-up (rank
+    0's under DDP: each rank's sweep sees other batches, and all must train alike)."""
     if config.train.lr != "auto":
         return config, None
     _, train_images = split_datasets(
@@ -262,8 +290,9 @@ def settle_learning_rate(
     result = sweep_fine_tune(
         model, train_images, config.train, config.data, device, LR_FIND_BUDGET_S
     )
-    logger.info("learning-rate finder suggests %.2e for this run", result.suggestion)
-    return replace(config, train=replace(config.train, lr=result.suggestion)), result
+    lr = broadcast_float(result.suggestion, context)
+    logger.info("learning-rate finder suggests %.2e for this run", lr)
+    return replace(config, train=replace(config.train, lr=lr)), result
 
 
 def sweep_fine_tune(
@@ -367,7 +396,12 @@ def trainer_for(
 
 
 def run_trainer(trainer: Trainer, checkpoint: Checkpoint | None) -> None:
-    trainer.fit(checkpoint)
+    try:
+        trainer.fit(checkpoint)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM
+        if trainer.distributed.is_main:
+            logger.warning("%s", how_to_resume(trainer.run.path))
+        raise
     if trainer.stop_reason:
         logger.info("%s", trainer.stop_reason)
     best = next((cb for cb in trainer.callbacks if isinstance(cb, BestWeights)), None)

@@ -3,21 +3,36 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import itertools
 import logging
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from torchgraft.artifact import Preprocessing, Run, RunInfo, atomic_write_bytes, library_versions
+from torchgraft.artifact import (
+    RUN_FILE,
+    WEIGHTS_FILE,
+    Preprocessing,
+    Run,
+    RunInfo,
+    atomic_write_bytes,
+    library_versions,
+)
 from torchgraft.config import DataConfig, RunConfig, to_dict
-from torchgraft.data import DataSplits, DecodedSplit, decode_split, load_display_names
+from torchgraft.data import DataSplits, DecodedSplit, Skipped, decode_split, load_display_names
 from torchgraft.data.cache import cache_root
 from torchgraft.data.sources import printable
 from torchgraft.errors import UserError
 from torchgraft.models.registry import BackboneSpec
+from torchgraft.train.checkpoint import has_checkpoint
+from torchgraft.train.distributed import Distributed, gather_objects
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +65,14 @@ def default_image_size(spec: BackboneSpec, native_size: int | None) -> int:
 
 
 def create_run(
-    config: RunConfig, splits: DataSplits, preprocessing: Preprocessing, write: bool = True
-) -> Run:
-    """A new run directory whose graft.json already describes the model to come.
+    config: RunConfig, splits: DataSplits, preprocessing: Preprocessing, write: bool = True,
+    overwrite: bool = False,
+) -> Run:  # fmt: skip
+    """A new run directory, reserved here, whose graft.json describes the model to come.
 
-    With `write` False (DDP ranks other than 0) the Run exists only in memory.
+    Called once the data has decoded, so a failure before then leaves no folder (and an
+    old run is never given new metadata). With `write` False (DDP ranks other than 0) the
+    Run exists only in memory: rank 0 reserves the folder and tells the others its path.
     """
     class_names = splits.class_names
     names_file = config.data.class_names
@@ -67,21 +85,100 @@ def create_run(
         data_fingerprint=splits.fingerprint(),
         versions=library_versions(),
     )
-    path = unique_run_path(
-        config.train.runs_dir, config.train.name, config.model.name, splits.source
+    train = config.train
+    if not write:
+        return Run(Path(train.runs_dir), info)
+    base = automatic_name(config.model.name, splits.source)
+    return reserve_run(info, Path(train.runs_dir), train.name, base, overwrite)
+
+
+def reserve_run(info: RunInfo, runs_dir: Path, name: str | None, base: str, overwrite: bool) -> Run:
+    """runs/<name> (refused if it exists, unless `overwrite`), or the first free automatic
+    name. mkdir is the test, never a look beforehand: two runs started together get two
+    folders."""
+    if name:
+        path = runs_dir / name
+        if overwrite:
+            remove_old_run(path)
+        try:
+            return Run.create(path, info)
+        except FileExistsError:
+            raise run_exists(path) from None
+    for candidate in automatic_paths(runs_dir, base):
+        try:
+            return Run.create(candidate, info)
+        except FileExistsError:
+            continue  # taken, perhaps a moment ago by a run started together with this one
+    raise AssertionError("automatic_paths never ends")
+
+
+def refuse_existing_run(runs_dir: str, name: str | None, overwrite: bool) -> None:
+    """Fail fast, before any data is read, when --name names a folder that exists."""
+    if name and not overwrite and (Path(runs_dir) / name).exists():
+        raise run_exists(Path(runs_dir) / name)
+
+
+def run_exists(path: Path) -> UserError:
+    return UserError(
+        f"{path} already exists: continue it with `graft train --resume {path}`, choose "
+        "another --name, or pass --overwrite (overwrite=True in Python) to replace it"
     )
-    return Run.create(path, info) if write else Run(path, info)
+
+
+def remove_old_run(path: Path) -> None:
+    """--overwrite: the old run goes in one rename, then is deleted, so no moment shows
+    old files beside new ones. Only a run (or an empty folder) is ever deleted."""
+    if not path.exists():
+        return
+    if not path.is_dir() or (any(path.iterdir()) and not (path / RUN_FILE).is_file()):
+        raise UserError(
+            f"{path} is not a torchgraft run (no {RUN_FILE}), so --overwrite leaves it alone: "
+            "choose another --name or --runs-dir, or remove it yourself"
+        )
+    trash = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.replaced-"))
+    path.rename(trash / path.name)
+    shutil.rmtree(trash)
+    logger.warning("--overwrite: removed the earlier run in %s", path)
+
+
+def automatic_name(model_name: str, source: str) -> str:
+    return f"{model_name}-{Path(source).name or 'data'}"
+
+
+def automatic_paths(runs_dir: Path, base: str) -> Iterator[Path]:
+    """runs/<base>, runs/<base>-2, runs/<base>-3, ..."""
+    yield runs_dir / base
+    for number in itertools.count(2):
+        yield runs_dir / f"{base}-{number}"
 
 
 def unique_run_path(runs_dir: str, name: str | None, model_name: str, source: str) -> Path:
-    """runs/<name>, or runs/<model>-<data>[-2, -3, ...] so earlier runs are never overwritten."""
+    """runs/<name>, or the first automatic name not taken (for lr-find's plot folders,
+    which a later sweep of the same name may replace)."""
     if name:
         return Path(runs_dir) / name
-    base = f"{model_name}-{Path(source).name or 'data'}"
-    candidate, number = Path(runs_dir) / base, 2
-    while candidate.exists():
-        candidate, number = Path(runs_dir) / f"{base}-{number}", number + 1
-    return candidate
+    base = automatic_name(model_name, source)
+    return next(path for path in automatic_paths(Path(runs_dir), base) if not path.exists())
+
+
+def elastic_restart_of(runs_dir: str, name: str | None) -> Path | None:
+    """Under a torchrun restart (TORCHELASTIC_RESTART_COUNT > 0), the folder of the run the
+    failed attempt started, when --name says which it is."""
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
+        return None
+    if not name:
+        logger.warning(
+            "torchrun restarted this job, but without --name the run to resume is unknown: "
+            "starting a new run. Pass --name so that a restart resumes it."
+        )
+        return None
+    path = Path(runs_dir) / name
+    return path if path.is_dir() else None
+
+
+def has_trained(path: Path) -> bool:
+    """Whether a run folder holds anything training made (weights or a checkpoint)."""
+    return (path / WEIGHTS_FILE).is_file() or has_checkpoint(path)
 
 
 def decode_splits(
@@ -153,3 +250,40 @@ def record_skipped(
         empty = sorted(set(range(len(splits.class_names))) - set(np.unique(labels).tolist()))
         for label in empty:
             logger.warning("class %r has no readable %s images", splits.class_names[label], name)
+
+
+def agree_on_decoded(
+    decoded: dict[str, DecodedSplit], context: Distributed
+) -> dict[str, DecodedSplit]:
+    """Under DDP, every rank trains on the files that decoded on every rank.
+
+    Each rank decodes on its own, and a file one rank cannot read (a flaky network disk)
+    would otherwise give the ranks datasets of different lengths, and DDP hangs. The ranks
+    swap what they kept and skipped, and all take the intersection.
+    """
+    if context.world_size == 1:
+        return decoded
+    return {name: _agreed_split(result, context) for name, result in decoded.items()}
+
+
+def _agreed_split(result: DecodedSplit, context: Distributed) -> DecodedSplit:
+    mine = (result.kept.tolist(), [(skipped.path, skipped.reason) for skipped in result.skipped])
+    gathered = gather_objects(mine, context)
+    kept_by_rank = [set(kept) for kept, _ in gathered]
+    common = set.intersection(*kept_by_rank)
+    if all(len(kept) == len(common) for kept in kept_by_rank):
+        return result
+    skipped: dict[str, str] = {}
+    for rank, (_, rank_skipped) in enumerate(gathered):
+        for path, reason in rank_skipped:
+            skipped.setdefault(path, reason if rank == 0 else f"{reason} (on rank {rank})")
+    agreed = sorted(common)
+    mask = np.isin(result.kept, agreed)
+    logger.warning("the ranks decoded different files: training on the %d all of them read",
+                   len(agreed))  # fmt: skip
+    # Another set of images: another name for the features computed from them.
+    key = hashlib.sha256(f"{result.key}:{agreed}".encode()).hexdigest()[:24]
+    return DecodedSplit(
+        kept=result.kept[mask], skipped=[Skipped(path, why) for path, why in skipped.items()],
+        pixels=None if result.pixels is None else result.pixels[mask], key=key,
+    )  # fmt: skip
