@@ -7,18 +7,27 @@ batch at a time behind the Predictor's lock, so concurrent requests are safe. Ba
 a 4xx with a JSON `detail` saying what was wrong; it never costs a 500 or the server.
 
 Memory is bounded three ways: uploads by bytes (`max_upload_bytes`), decoded images by
-pixels (`max_pixels`, read from the header before decoding), and the number of uploads being
-decoded and classified at once (about one per CPU; the rest wait without holding a thread).
+pixels (`max_pixels`, read from the header before decoding), and the number of uploads in
+progress (`ServerSettings.max_pending`; beyond it, 503 with Retry-After). About one upload per
+CPU decodes and classifies at once; the rest wait without holding a thread. Time is bounded
+too: a body must arrive within `body_timeout` (408), an upload waits for a worker at most
+`queue_timeout` and is decoded and classified within `decode_timeout` (503 with Retry-After).
+`/health` takes no part in any of this, so it answers while uploads queue.
+
+There is no authentication: put the server behind a reverse proxy for that (README.md).
+The interactive API docs (/docs, /redoc) are off: Swagger UI and ReDoc load from a CDN.
 
 FastAPI is imported here and only here: `import torchgraft` does not pay for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +42,7 @@ from torchgraft.artifact import Run
 from torchgraft.data.decode import MAX_PIXELS, TooManyPixels, UnreadableImage, decode_bytes
 from torchgraft.errors import UserError
 from torchgraft.serve.predictor import Prediction, Predictor
+from torchgraft.serve.server import ServerSettings
 from torchgraft.serve.uploads import Upload, read_upload
 
 logger = logging.getLogger(__name__)
@@ -42,9 +52,7 @@ DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20  # 10 MB: a large phone photo is 3 to 8 MB
 # 25 megapixels: a 12 MP phone photo (4032x3024) passes; a PNG that decodes to this size
 # takes about 75 MB as RGB, and a few times that while it is converted and resized.
 DEFAULT_MAX_PIXELS = 25_000_000
-# Open connections uvicorn accepts before answering 503: each may hold an upload of up to
-# max_upload_bytes in memory while it waits for a worker (64 x 10 MB = 640 MB at most).
-MAX_CONNECTIONS = 64
+RETRY_AFTER_SECONDS = 1  # what a 503 asks the client to wait: a worker frees in about that
 
 T = TypeVar("T")
 
@@ -57,11 +65,14 @@ def create_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     top_k: int = 5,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    settings: ServerSettings | None = None,
 ) -> FastAPI:
     """The app for a run (or an already loaded Predictor). `top_k` is the default number of
     classes each answer lists; a request may ask for another with ?top_k=N. Images whose
-    header declares more than `max_pixels` are refused with 413 before they are decoded."""
+    header declares more than `max_pixels` are refused with 413 before they are decoded.
+    `settings` holds the timeouts and the limit on uploads in progress."""
     check_max_pixels(max_pixels)
+    settings = settings or ServerSettings()
     predictor = (
         run
         if isinstance(run, Predictor)
@@ -70,7 +81,10 @@ def create_app(
     app = FastAPI(
         title=f"torchgraft: {predictor.info.model_name} ({predictor.run.path.name})",
         description="Upload an image to POST /predict; GET / is a page to try it in a browser.",
+        docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN: no page that
+        redoc_url=None,  # phones home; /openapi.json still describes the API
     )
+    app.add_middleware(BodyDeadline, seconds=settings.body_timeout)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -78,7 +92,8 @@ def create_app(
         return FileResponse(STATIC / "index.html")
 
     explainable = can_explain(predictor)
-    limits = Limits(max_upload_bytes, max_pixels, Workers(default_workers()))
+    workers = Workers(default_workers(), settings.queue_timeout, settings.decode_timeout)
+    limits = Limits(max_upload_bytes, max_pixels, workers, Pending(settings.max_pending))
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -104,31 +119,149 @@ def default_workers() -> int:
     return max(1, len(usable) if usable else os.cpu_count() or 1)
 
 
+def busy(reason: str) -> HTTPException:
+    """503 with Retry-After: the server cannot take this upload now, but will soon."""
+    return HTTPException(
+        503, f"server busy: {reason}; try again shortly",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )  # fmt: skip
+
+
 class Workers:
-    """Runs blocking work in threads, at most `count` at a time.
+    """Runs blocking work in threads, at most `count` at a time, each within `work_timeout`.
 
     Starlette's thread pool alone would let 40 big uploads decode at once; the extra ones here
-    wait in the event loop, holding no thread and no decoded pixels. The anyio limiter is made
-    on first use, inside the event loop that serves the requests.
+    wait in the event loop, holding no thread and no decoded pixels, for `queue_timeout` at
+    most. Work still running after `work_timeout` cannot be stopped (a thread cannot be
+    killed), so its caller gets a 503 and the thread is left to finish: it keeps its slot
+    until it does, so no more than `count` threads ever run. The semaphore is made on first
+    use, inside the event loop that serves the requests.
     """
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, queue_timeout: float = 30.0, work_timeout: float = 10.0):
         self.count = count
-        self._limiter: anyio.CapacityLimiter | None = None
+        self.queue_timeout = queue_timeout
+        self.work_timeout = work_timeout
+        self._pools: tuple[anyio.Semaphore, anyio.CapacityLimiter] | None = None
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(self.count)
-        return await anyio.to_thread.run_sync(function, *args, limiter=self._limiter)
+        if self._pools is None:  # the slots, and threads to match (the default pool is shared)
+            self._pools = anyio.Semaphore(self.count), anyio.CapacityLimiter(self.count)
+        slots, threads = self._pools
+        with anyio.move_on_after(self.queue_timeout) as waiting:
+            await slots.acquire()
+        if waiting.cancelled_caught:
+            raise busy(f"no worker became free within {self.queue_timeout:g} s")
+        job = SlotJob(function, args, slots, anyio.lowlevel.current_token())
+        with anyio.move_on_after(self.work_timeout):
+            return await anyio.to_thread.run_sync(job.run, limiter=threads, abandon_on_cancel=True)
+        job.abandon()
+        raise busy(f"decoding and classifying took longer than {self.work_timeout:g} s")
+
+
+class SlotJob:
+    """One piece of work holding a worker slot, given back exactly once: by the thread when
+    it finishes, or by the event loop when it was abandoned before the thread began."""
+
+    def __init__(
+        self, function: Callable[..., Any], args: tuple[Any, ...], slots: anyio.Semaphore,
+        token: anyio.lowlevel.EventLoopToken,
+    ) -> None:  # fmt: skip
+        self.function, self.args, self.slots, self.token = function, args, slots, token
+        self._state = "queued"  # -> "running" (the thread took it) or "abandoned"
+        self._lock = threading.Lock()
+
+    def run(self) -> Any:
+        with self._lock:
+            if self._state == "abandoned":
+                return None  # its caller gave up, and the loop already gave the slot back
+            self._state = "running"
+        try:
+            return self.function(*self.args)
+        finally:
+            with contextlib.suppress(anyio.RunFinishedError):  # the server stopped meanwhile
+                anyio.from_thread.run_sync(self.slots.release, token=self.token)
+
+    def abandon(self) -> None:
+        """Called in the event loop when the caller stops waiting."""
+        with self._lock:
+            never_started = self._state == "queued"
+            self._state = "abandoned"
+        if never_started:
+            self.slots.release()
+
+
+class Pending:
+    """Counts the uploads in progress (being read, waiting or classified); beyond `limit`,
+    a new one gets 503 at once, before its body is read. Used in the event loop only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        if self.count >= self.limit:
+            raise busy(f"{self.limit} uploads already in progress")
+        self.count += 1
+        try:
+            yield
+        finally:
+            self.count -= 1
+
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class BodyDeadline:
+    """ASGI middleware: a request body must arrive in full within `seconds` of the request's
+    start, or the request gets 408 and its connection is closed.
+
+    uvicorn waits for a body for ever, so a client sending a byte a second would hold a
+    connection, and an upload slot, for as long as it likes. The deadline is for the whole
+    body, not per chunk, which such a client would never miss. Once the body is in, later
+    `receive` calls (waiting for a disconnect) pass through untimed.
+    """
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], seconds: float):
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = anyio.current_time() + self.seconds
+        body_done = False
+
+        async def timed_receive() -> Message:
+            nonlocal body_done
+            if body_done:
+                return await receive()
+            with anyio.move_on_after(deadline - anyio.current_time()):
+                message = await receive()
+                body_done = message["type"] != "http.request" or not message.get("more_body")
+                return message
+            raise HTTPException(
+                408, f"the request body did not arrive within {self.seconds:g} s",
+                headers={"Connection": "close"},
+            )  # fmt: skip
+
+        await self.app(scope, timed_receive, send)
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may cost: upload bytes, decoded pixels, and a worker to run in."""
+    """What one request may cost: upload bytes, decoded pixels, a worker to run in, and a
+    place among the uploads in progress."""
 
     max_upload_bytes: int
     max_pixels: int
     workers: Workers
+    pending: Pending
 
 
 def add_predict(app: FastAPI, predictor: Predictor, top_k: int, limits: Limits) -> None:
@@ -136,10 +269,11 @@ def add_predict(app: FastAPI, predictor: Predictor, top_k: int, limits: Limits) 
     async def predict(request: Request, top_k: int = Query(top_k, ge=1, le=1000)) -> dict[str, Any]:
         """Top-k classes for one image: a multipart file field, or the raw bytes as the body."""
         started = time.perf_counter()
-        upload = await read_upload(request, limits.max_upload_bytes)
-        record = await limits.workers.run(
-            classify_upload, predictor, upload, top_k, limits.max_pixels
-        )
+        with limits.pending.slot():
+            upload = await read_upload(request, limits.max_upload_bytes)
+            record = await limits.workers.run(
+                classify_upload, predictor, upload, top_k, limits.max_pixels
+            )
         return {**record.to_dict(), "milliseconds": (time.perf_counter() - started) * 1000}
 
 
@@ -148,8 +282,9 @@ def add_explain(app: FastAPI, predictor: Predictor, limits: Limits) -> None:
     async def explain(request: Request) -> Response:
         """Grad-CAM for one image (uploaded as for /predict): the overlay as a PNG, showing
         where the network found the evidence for its predicted class."""
-        upload = await read_upload(request, limits.max_upload_bytes)
-        png = await limits.workers.run(explain_upload, predictor, upload, limits.max_pixels)
+        with limits.pending.slot():
+            upload = await read_upload(request, limits.max_upload_bytes)
+            png = await limits.workers.run(explain_upload, predictor, upload, limits.max_pixels)
         return Response(png, media_type="image/png")
 
 
