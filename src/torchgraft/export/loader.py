@@ -88,7 +88,14 @@ def load_exported(
         raise UserError(f"cannot load {path}: expected a .onnx, .pt2 or .ts file from graft export")
     if path.suffix != ".onnx" and not allow_code:
         check_signed(path)
-    predict, metadata = loaders[path.suffix](path, threads or torch.get_num_threads())
+    try:
+        predict, metadata = loaders[path.suffix](path, threads or torch.get_num_threads())
+    except Exception as error:  # a damaged or foreign file: the engines raise many types
+        first_line = next(iter(str(error).splitlines()), "")  # torch's go on for a page
+        raise UserError(
+            f"cannot load {path} ({type(error).__name__}: {first_line}): export it again "
+            "with graft export"
+        ) from None
     if METADATA_PREFIX + "image_size" not in metadata:
         raise UserError(f"{path} was not written by graft export: it has no torchgraft metadata")
     return ExportedModel(path, predict, metadata)
