@@ -229,7 +229,7 @@ def load_engine(run: Run, engine: str) -> ExportedModel | None:
     if engine not in FORMATS:
         raise UserError(
             f"unknown engine {engine!r}: use eager (the run's weights) or an export format: "
-            f"{', '.join(FORMATS)}" + did_you_mean(engine, ["eager", *FORMATS])
+            f"{', '.join(FORMATS)}." + did_you_mean(engine, ["eager", *FORMATS])
         )
     spec = FORMATS[engine]
     path = run.path / EXPORTS_DIR / spec.file_name

@@ -53,13 +53,15 @@ def idle_timeout_protocol(idle_timeout: float) -> type[asyncio.Protocol]:
     uvicorn arms its keep-alive timer only after an answer and cancels it on any data, so a
     socket that never sends, or sends a byte now and then, stays open for ever. Here the
     timer also starts when the connection opens and is only cancelled once a whole request
-    head has arrived. The timer's length is uvicorn's `timeout_keep_alive`.
+    head has arrived; after an answer it runs for `idle_timeout` too (uvicorn's
+    `timeout_keep_alive` takes whole seconds only).
     """
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class IdleTimeoutH11Protocol(H11Protocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self.timeout_keep_alive = idle_timeout  # type: ignore[assignment]  # a float is fine
             self.timeout_keep_alive_task = self.loop.call_later(
                 idle_timeout, self.timeout_keep_alive_handler
             )
@@ -85,7 +87,6 @@ def server_config(app: FastAPI, host: str, port: int, settings: ServerSettings) 
         host=host,
         port=port,
         http=idle_timeout_protocol(settings.idle_timeout),
-        timeout_keep_alive=max(1, round(settings.idle_timeout)),
         limit_concurrency=settings.max_connections,
         log_level="info",
     )

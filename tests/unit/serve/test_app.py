@@ -20,7 +20,8 @@ from PIL import Image
 from torchgraft import api
 from torchgraft.data.decode import decode_bytes
 from torchgraft.errors import UserError
-from torchgraft.serve.app import Workers, create_app
+from torchgraft.serve.app import create_app
+from torchgraft.serve.limits import Workers
 from torchgraft.testing import DEFAULT_CLASSES, bad_uploads, class_image, encoded_image
 
 

@@ -111,10 +111,13 @@ def test_sockets_that_send_no_whole_request_are_closed_after_the_idle_timeout(
     predictor: Predictor,
 ) -> None:
     with serving(predictor, idle_timeout=0.5) as url:
-        silent, trickling = open_sockets(url, 2)
-        with silent, trickling:
+        silent, trickling, answered = open_sockets(url, 3)
+        with silent, trickling, answered:
+            answered.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+            assert answered.recv(65536).startswith(b"HTTP/1.1 200")  # then kept alive, idle
             assert trickled_until_closed(trickling, within=3.0)
             assert closed_by_server(silent, within=3.0)
+            assert closed_by_server(answered, within=3.0)
         assert httpx.get(f"{url}/health", timeout=1.0).status_code == 200
 
 
