@@ -159,9 +159,12 @@ def health_info(predictor: Predictor, top_k: int, limits: Limits) -> dict[str, A
         "display_names": predictor.display_names,
         "image_size": info.preprocessing.image_size,
         "device": str(predictor.device),
+        "engine": predictor.engine,  # eager, or the export format that classifies
         "top_k": top_k,
         "max_upload_bytes": limits.max_upload_bytes,
         "max_pixels": limits.max_pixels,
+        "uploads_in_progress": limits.pending.count,  # beyond max_pending: 503
+        "max_pending": limits.pending.limit,
     }
 
 

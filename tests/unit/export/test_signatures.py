@@ -32,6 +32,7 @@ from torchgraft.export.signatures import (
     signed_here,
 )
 from torchgraft.serve.app import create_app
+from torchgraft.serve.predictor import Predictor
 from torchgraft.testing import class_image
 
 CODE_FILES = ("model.pt2", "model.ts")
@@ -128,6 +129,10 @@ def test_a_named_export_engine_predicts_as_eager_pytorch(exported: ExportReport)
     for engine in ("onnx", "aoti", "torchscript"):
         probabilities = api.predict(run, png(), top_k=3, engine=engine, probabilities=True)[1]
         np.testing.assert_allclose(probabilities, eager, atol=1e-4)
+    with TestClient(create_app(Predictor.from_run(run, "cpu", engine="onnx"))) as client:
+        assert client.get("/health").json()["engine"] == "onnx"
+        answer = client.post("/predict", content=png(), headers={"content-type": "image/png"})
+        assert answer.json()["probability"] == pytest.approx(float(eager.max()), abs=1e-4)
     with pytest.raises(UserError, match=r"unknown engine 'onxx'.*Did you mean 'onnx'"):
         api.predict(run, png(), engine="onxx")
 

@@ -43,6 +43,7 @@ def test_health_names_the_model_and_its_classes(client: TestClient) -> None:
     body = health.json()
     assert body["status"] == "ok" and body["model"] == "cnn"
     assert body["classes"] == list(DEFAULT_CLASSES) and body["top_k"] == 2
+    assert body["engine"] == "eager"
 
 
 def test_multipart_and_raw_uploads_get_the_same_top_k(client: TestClient, tiny_run: Path) -> None:
