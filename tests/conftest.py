@@ -14,6 +14,10 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 # Caches (decoded images, backbone features) go to a fresh folder per test session, also for
 # the CLI subprocesses, which inherit the environment: no test reads another session's cache.
 os.environ["TORCHGRAFT_CACHE"] = tempfile.mkdtemp(prefix="torchgraft-test-cache-")
+# The export signing secret too: tests never write to ~/.config or trust a real user's key.
+os.environ["TORCHGRAFT_SECRET_FILE"] = str(
+    Path(tempfile.mkdtemp(prefix="torchgraft-test-secret-")) / "secret"
+)
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from torchgraft.evaluate import Evaluation
     from torchgraft.explain import Explanations
     from torchgraft.export import BenchmarkReport, ExportReport
+    from torchgraft.serve.server import ServerSettings
     from torchgraft.train.callbacks import Callback
     from torchgraft.train.lr_find_run import LrFindReport
 
@@ -166,9 +167,11 @@ def predictor(
     device: str = "auto",
     class_names: str | Path | None = None,
     batch_size: int = 64,
+    engine: str = "eager",
 ) -> Predictor:
-    """A loaded model for repeated predictions; `class_names` overrides the display names."""
-    return Predictor.from_run(load_run(run), device, batch_size, class_names)
+    """A loaded model for repeated predictions; `class_names` overrides the display names;
+    `engine` is eager (the run's weights) or an export format (see `predict`)."""
+    return Predictor.from_run(load_run(run), device, batch_size, class_names, engine)
 
 
 @overload
@@ -180,6 +183,7 @@ def predict(
     device: str = ...,
     class_names: str | Path | None = ...,
     batch_size: int = ...,
+    engine: str = ...,
     probabilities: Literal[False] = ...,
 ) -> list[Prediction]: ...
 @overload
@@ -191,6 +195,7 @@ def predict(
     device: str = ...,
     class_names: str | Path | None = ...,
     batch_size: int = ...,
+    engine: str = ...,
     probabilities: Literal[True],
 ) -> tuple[list[Prediction], np.ndarray]: ...
 def predict(
@@ -201,6 +206,7 @@ def predict(
     device: str = "auto",
     class_names: str | Path | None = None,
     batch_size: int = 64,
+    engine: str = "eager",
     probabilities: bool = False,
 ) -> list[Prediction] | tuple[list[Prediction], np.ndarray]:
     """One record per image, each with its top-k classes, for files, folders (searched
@@ -209,8 +215,12 @@ def predict(
     Images are classified `batch_size` at a time. A file that does not decode is skipped
     with a warning; its record's `error` says why. With `probabilities=True`, also returns
     the (N, num_classes) calibrated probabilities, row for row (NaN for a skipped image).
+
+    `engine` "eager" (the default) computes with the run's safetensors weights; an export
+    format (onnx, onnx-int8, aoti, torchscript) uses that file of runs/NAME/exports on the
+    CPU. aoti and torchscript files are code: they load only because you named them.
     """
-    loaded = predictor(run, device, class_names, batch_size)
+    loaded = predictor(run, device, class_names, batch_size, engine)
     records, scores = loaded.predict_with_probabilities(images, top_k)
     return (records, scores) if probabilities else records
 
@@ -230,17 +240,19 @@ def export(
 
 def benchmark(
     run: Run | str | Path, batch_size: int = 64, seconds: float = 2.0, quiet: bool = False,
-    device: str = "auto",
+    device: str = "auto", engines: Sequence[str] = (),
 ) -> BenchmarkReport:  # fmt: skip
     """Images/s and p50/p95 latency of eager PyTorch (on `device`), onnxruntime and
     AOTInductor (and of the int8 and TorchScript exports when present; these run on the
     CPU) at batch 1 and `batch_size`, on this machine. Exports the ONNX and AOTInductor
-    models first if the run has none."""
+    models first if the run has none. model.pt2 and model.ts are code: they are timed when
+    graft export signed them on this machine, or when named in `engines`."""
     from torchgraft.export import benchmark_run
 
     return benchmark_run(
-        load_run(run), (1, batch_size), seconds=seconds, quiet=quiet, device=device
-    )
+        load_run(run), (1, batch_size), seconds=seconds, quiet=quiet, device=device,
+        engines=engines,
+    )  # fmt: skip
 
 
 def serve(
@@ -253,28 +265,32 @@ def serve(
     top_k: int = 5,
     max_upload_mb: float = 10.0,
     max_megapixels: float = 25.0,
+    engine: str = "eager",
+    settings: ServerSettings | None = None,
 ) -> None:
     """Serve the run over HTTP until Ctrl-C: POST /predict (top-k JSON), POST /explain (the
     Grad-CAM overlay as PNG, for models with a spatial feature map), GET /health, and a page
     at GET / to try it.
 
-    The model loads once, before the server starts listening. Uploads over `max_upload_mb`
-    or images over `max_megapixels` (read from the header, before decoding) get 413. About
-    one upload per CPU decodes at a time; beyond 64 open connections uvicorn answers 503
-    (`serve.app.MAX_CONNECTIONS`), which bounds the memory that waiting uploads hold."""
-    import uvicorn
+    The model loads once, before the server starts listening; `engine` picks what computes
+    the predictions (see `predict`). Uploads over `max_upload_mb` or images over
+    `max_megapixels` (read from the header, before decoding) get 413. `settings` holds the
+    timeouts and the number of uploads in progress beyond which the server answers 503 with
+    Retry-After (`serve.server.ServerSettings`); `/health` answers regardless."""
+    from torchgraft.serve.app import create_app
+    from torchgraft.serve.server import ServerSettings, serve_app
 
-    from torchgraft.serve.app import MAX_CONNECTIONS, create_app
-
+    settings = settings or ServerSettings()
     app = create_app(
-        predictor(run, device, class_names),
+        Predictor.from_run(load_run(run), device, class_names=class_names, engine=engine),
         top_k=top_k,
         max_upload_bytes=int(max_upload_mb * 2**20),
         max_pixels=round(max_megapixels * 1e6),
+        settings=settings,
     )
     # uvicorn shuts down gracefully on Ctrl-C, then re-raises it: stopping is not an error.
     with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.run(app, host=host, port=port, log_level="info", limit_concurrency=MAX_CONNECTIONS)
+        serve_app(app, host, port, settings)
 
 
 def doctor(

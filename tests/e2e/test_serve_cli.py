@@ -25,7 +25,8 @@ def test_graft_serve_answers_and_stops_on_ctrl_c(tiny_run: Path) -> None:
         port = probe.getsockname()[1]
     server = subprocess.Popen(
         [*GRAFT, "serve", "--run", str(tiny_run), "--port", str(port), "--top-k", "2",
-         "--max-megapixels", "0.5"],
+         "--max-megapixels", "0.5", "--idle-timeout", "2", "--body-timeout", "5",
+         "--max-pending", "8"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -49,6 +50,7 @@ def test_graft_serve_answers_and_stops_on_ctrl_c(tiny_run: Path) -> None:
         refused = httpx.post(f"{url}/predict", content=big.getvalue())
         assert refused.status_code == 413 and "0.5 megapixels" in refused.json()["detail"]
         assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+        assert httpx.get(f"{url}/docs", timeout=5).status_code == 404  # Swagger needs a CDN
     finally:
         server.send_signal(signal.SIGINT)
         output, _ = server.communicate(timeout=30)

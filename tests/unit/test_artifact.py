@@ -106,3 +106,54 @@ def test_creating_a_run_never_writes_into_an_existing_folder(tmp_path: Path) -> 
     with pytest.raises(FileExistsError):
         Run.create(tmp_path / "run", RunInfo("mlp", ["x"], ["x"], _info().preprocessing))
     assert {p.name: p.read_bytes() for p in old.path.iterdir()} == before
+
+
+class _Canary:
+    """Unpickling this creates the canary file: proof that a loader ran code from a file."""
+
+    def __init__(self, canary: Path) -> None:
+        self.canary = canary
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.canary), "w"))
+
+
+def hostile_checkpoint(path: Path, canary: Path) -> Path:
+    """A torch.save file, as a .pth checkpoint is, whose loading would create `canary`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {"weight": torch.zeros(2)}, "extra": _Canary(canary)}, path)
+    return path
+
+
+def test_the_hostile_checkpoint_really_runs_code_when_loaded_unsafely(tmp_path: Path) -> None:
+    """The control: without weights_only, loading it creates the canary, so the tests below
+    would catch a loader that unpickles."""
+    canary = tmp_path / "canary"
+    torch.load(hostile_checkpoint(tmp_path / "x.pth", canary), weights_only=False)
+    assert canary.exists()
+
+
+def test_a_hostile_pickle_as_weights_file_never_runs(tmp_path: Path) -> None:
+    """`--weights x.pth` reads with torch.load(weights_only=True): refused, not run."""
+    from torchgraft.models.weights import read_weights_file
+
+    canary = tmp_path / "canary"
+    with pytest.raises(UserError, match=r"cannot read .*x\.pth as tensors"):
+        read_weights_file(hostile_checkpoint(tmp_path / "x.pth", canary))
+    assert not canary.exists()
+
+
+@pytest.mark.parametrize("file_name", ["state-epoch0001.safetensors", "last.pth"])
+def test_a_hostile_pickle_as_a_checkpoint_never_runs(tmp_path: Path, file_name: str) -> None:
+    """The resume checkpoint is read as safetensors, whatever its name: a pickle there is
+    refused with a message, never unpickled."""
+    from torchgraft.train.checkpoint import CHECKPOINT_FOLDER, INDEX_FILE, load_checkpoint
+
+    run = Run.create(tmp_path / "run", _info())
+    canary = tmp_path / "canary"
+    folder = run.path / CHECKPOINT_FOLDER
+    hostile_checkpoint(folder / file_name, canary)
+    (folder / INDEX_FILE).write_text(f'{{"tensors_file": "{file_name}", "progress": {{}}}}')
+    with pytest.raises(UserError, match=f"the checkpoint .*{file_name} is damaged"):
+        load_checkpoint(run.path)
+    assert not canary.exists()

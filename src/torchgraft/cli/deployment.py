@@ -12,6 +12,15 @@ from torchgraft.cli.common import DeviceOption, app, guard
 if TYPE_CHECKING:
     from torchgraft.serve.predictor import Prediction
 
+EngineOption = Annotated[
+    str,
+    typer.Option(
+        help="What computes the predictions: eager (the run's weights, the default) or an "
+        "export of runs/NAME/exports, on the CPU: onnx, onnx-int8, aoti, torchscript. aoti "
+        "(model.pt2) and torchscript (model.ts) are code: they load only when named here."
+    ),
+]
+
 
 @app.command()
 def predict(
@@ -38,6 +47,7 @@ def predict(
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 64,
     device: DeviceOption = "auto",
+    engine: EngineOption = "eager",
 ) -> None:
     """Classify images: the top-k classes, with display names and probabilities, for each.
 
@@ -51,8 +61,9 @@ def predict(
         if output is not None:
             check_output_path(output)  # a bad suffix is refused before the model runs
         records = api.predict(
-            run, images, top_k, device=device, class_names=class_names, batch_size=batch_size
-        )
+            run, images, top_k, device=device, class_names=class_names, batch_size=batch_size,
+            engine=engine,
+        )  # fmt: skip
         if output is not None:
             write_predictions(records, output)
         return records
@@ -130,6 +141,15 @@ def benchmark(
     ] = 2.0,
     device: DeviceOption = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    engines: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--engine",
+            help="Load this code export even if it was not signed by graft export on this "
+            "machine, repeatable: aoti (model.pt2), torchscript (model.ts).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Images/s and p50/p95 latency: eager PyTorch, ONNX Runtime, AOTInductor.
 
@@ -137,14 +157,18 @@ def benchmark(
     with torch's thread count (set OMP_NUM_THREADS). Runs `graft export` for ONNX and
     AOTInductor first when the run has no such exports yet (or only stale ones).
 
-    Security: this loads RUN/exports/model.pt2 (a native shared library) and model.ts
-    (pickle-based TorchScript), which are code: benchmark only runs whose exports you made
-    or trust. .onnx files and the run's safetensors weights are data.
+    Security: RUN/exports/model.pt2 (a native shared library) and model.ts (TorchScript)
+    are code. They are timed only when graft export signed them on this machine, or when
+    named with --engine; parity.json vouches for nothing. .onnx files and the run's
+    safetensors weights are data.
     """
     from torchgraft import api
 
     report = guard(
-        lambda: api.benchmark(run, batch_size, seconds, quiet=quiet, device=device), quiet
+        lambda: api.benchmark(
+            run, batch_size, seconds, quiet=quiet, device=device, engines=engines or ()
+        ),
+        quiet,
     )
     typer.echo(
         f"{report.threads} thread(s), random uint8 images; eager on {report.eager_device}, "
@@ -156,6 +180,8 @@ def benchmark(
             f"{timing.engine:<18}{timing.batch_size:>6}{timing.images_per_second:>11.1f}"
             f"{timing.p50_ms:>10.2f}{timing.p95_ms:>10.2f}"
         )
+    for engine, reason in report.not_timed.items():
+        typer.echo(f"not timed: {engine}: {reason}", err=True)
 
 
 @app.command()
@@ -184,17 +210,41 @@ def serve(
         ),
     ] = 25.0,
     device: DeviceOption = "auto",
+    engine: EngineOption = "eager",
+    body_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds an upload may take to arrive (then 408).")
+    ] = 30.0,
+    decode_timeout: Annotated[
+        float,
+        typer.Option(min=0.1, help="Seconds one upload may take to decode and classify (503)."),
+    ] = 10.0,
+    idle_timeout: Annotated[
+        float,
+        typer.Option(min=0.1, help="Seconds a connection may stay open without sending a request."),
+    ] = 5.0,
+    max_pending: Annotated[
+        int,
+        typer.Option(min=1, help="Uploads in progress at once; more get 503 with Retry-After."),
+    ] = 64,
 ) -> None:
     """Serve the model over HTTP, with a web page to try it.
 
     A page at /, POST /predict (an image in, top-k JSON out), POST /explain (its Grad-CAM
     overlay as PNG), GET /health. The model loads once; Ctrl-C stops the server.
+    There is no authentication: put it behind a reverse proxy (README.md, Serving).
     """
     from torchgraft import api
+    from torchgraft.serve.server import ServerSettings
 
-    guard(
-        lambda: api.serve(
+    def start() -> None:
+        settings = ServerSettings(
+            body_timeout=body_timeout, decode_timeout=decode_timeout,
+            idle_timeout=idle_timeout, max_pending=max_pending,
+        )  # fmt: skip
+        api.serve(
             run, host, port, device=device, class_names=class_names, top_k=top_k,
-            max_upload_mb=max_upload_mb, max_megapixels=max_megapixels,
-        )
-    )  # fmt: skip
+            max_upload_mb=max_upload_mb, max_megapixels=max_megapixels, engine=engine,
+            settings=settings,
+        )  # fmt: skip
+
+    guard(start)

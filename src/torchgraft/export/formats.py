@@ -27,6 +27,7 @@ class ExportFormat:
     export: Exporter  # writes that file from the run's model
     precision: str  # "float" (must match eager PyTorch) or "int8" (may lose a little accuracy)
     description: str
+    code: bool = False  # loading the file runs code from it (a shared library, TorchScript)
 
 
 FORMATS: dict[str, ExportFormat] = {
@@ -36,10 +37,20 @@ FORMATS: dict[str, ExportFormat] = {
             "onnx", "model.onnx", export_onnx, "float", "ONNX, for onnxruntime and other engines"
         ),
         ExportFormat(
-            "aoti", "model.pt2", export_aoti, "float", "AOTInductor package, Python or C++"
+            "aoti",
+            "model.pt2",
+            export_aoti,
+            "float",
+            "AOTInductor package, Python or C++",
+            code=True,
         ),
         ExportFormat(
-            "torchscript", "model.ts", export_torchscript, "float", "TorchScript (legacy)"
+            "torchscript",
+            "model.ts",
+            export_torchscript,
+            "float",
+            "TorchScript (legacy)",
+            code=True,
         ),
         ExportFormat(
             "onnx-int8",
@@ -66,3 +77,8 @@ def resolve_formats(formats: str | Iterable[str] | None) -> list[ExportFormat]:
                 + did_you_mean(name, FORMATS)
             )
     return [spec for spec in FORMATS.values() if spec.name in names]
+
+
+def format_of_file(file_name: str) -> ExportFormat | None:
+    """The format whose export file is named `file_name`, if any."""
+    return next((spec for spec in FORMATS.values() if spec.file_name == file_name), None)

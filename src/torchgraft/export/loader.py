@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 from torchgraft.errors import UserError
+from torchgraft.export.formats import format_of_file
 from torchgraft.export.model import METADATA_PREFIX, Predict, numpy_predict, quieter_loggers
 from torchgraft.export.onnx_format import INPUT_NAME
+from torchgraft.export.signatures import SIGNATURES_FILE, secret_path, signed_here
 from torchgraft.export.torchscript import METADATA_FILE, without_jit_deprecation
 
 
@@ -63,14 +65,17 @@ class ExportedModel:
         return self._field("display_names").split("\n")
 
 
-def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel:
+def load_exported(
+    path: str | Path, threads: int | None = None, *, allow_code: bool = False
+) -> ExportedModel:
     """A .onnx (float or int8), .pt2 or .ts file written by `graft export`.
 
     Security: .pt2 and .ts files are code. Loading a .pt2 loads and runs the native shared
     library inside it, and a .ts file is a pickle-based TorchScript archive whose code runs
-    when called; either can do anything this process can. Load only exports you made or
-    trust. A .onnx file is data (a graph onnxruntime interprets), as are the run's
-    safetensors weights.
+    when called; either can do anything this process can. So they load only when
+    `graft export` signed them on this machine, for this user (`signatures`), or when
+    `allow_code` says the caller trusts them. A .onnx file is data (a graph onnxruntime
+    interprets), as are the run's safetensors weights.
 
     `threads` caps onnxruntime's intra-op threads (default: torch's thread count, so the
     formats compare fairly); the PyTorch formats use torch's own setting.
@@ -81,10 +86,34 @@ def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel
     loaders = {".onnx": _load_onnx, ".pt2": _load_aoti, ".ts": _load_torchscript}
     if path.suffix not in loaders:
         raise UserError(f"cannot load {path}: expected a .onnx, .pt2 or .ts file from graft export")
-    predict, metadata = loaders[path.suffix](path, threads or torch.get_num_threads())
+    if path.suffix != ".onnx" and not allow_code:
+        check_signed(path)
+    try:
+        predict, metadata = loaders[path.suffix](path, threads or torch.get_num_threads())
+    except Exception as error:  # a damaged or foreign file: the engines raise many types
+        first_line = next(iter(str(error).splitlines()), "")  # torch's go on for a page
+        raise UserError(
+            f"cannot load {path} ({type(error).__name__}: {first_line}): export it again "
+            "with graft export"
+        ) from None
     if METADATA_PREFIX + "image_size" not in metadata:
         raise UserError(f"{path} was not written by graft export: it has no torchgraft metadata")
     return ExportedModel(path, predict, metadata)
+
+
+def check_signed(path: Path) -> None:
+    """Refuse a code file (.pt2, .ts) that this user's `graft export` did not write."""
+    if signed_here(path):
+        return
+    spec = format_of_file(path.name)
+    engine = spec.name if spec else "aoti or torchscript"
+    raise UserError(
+        f"not loading {path}: it is code (loading it runs it) and no signature made on this "
+        f"machine vouches for it ({path.parent / SIGNATURES_FILE}, keyed by {secret_path()}); "
+        "parity.json is only a report. If you trust whoever made it, ask for it by name "
+        f"(--engine {engine}, or load_exported(path, allow_code=True)); or export it again "
+        f"here: graft export --run RUN --format {engine}"
+    )
 
 
 def _load_onnx(path: Path, threads: int) -> tuple[Predict, dict[str, str]]:

@@ -7,8 +7,15 @@ batch at a time behind the Predictor's lock, so concurrent requests are safe. Ba
 a 4xx with a JSON `detail` saying what was wrong; it never costs a 500 or the server.
 
 Memory is bounded three ways: uploads by bytes (`max_upload_bytes`), decoded images by
-pixels (`max_pixels`, read from the header before decoding), and the number of uploads being
-decoded and classified at once (about one per CPU; the rest wait without holding a thread).
+pixels (`max_pixels`, read from the header before decoding), and the number of uploads in
+progress (`ServerSettings.max_pending`; beyond it, 503 with Retry-After). About one upload per
+CPU decodes and classifies at once; the rest wait without holding a thread. Time is bounded
+too: a body must arrive within `body_timeout` (408), an upload waits for a worker at most
+`queue_timeout` and is decoded and classified within `decode_timeout` (503 with Retry-After).
+`/health` takes no part in any of this, so it answers while uploads queue.
+
+There is no authentication: put the server behind a reverse proxy for that (README.md).
+The interactive API docs (/docs, /redoc) are off: Swagger UI and ReDoc load from a CDN.
 
 FastAPI is imported here and only here: `import torchgraft` does not pay for it.
 """
@@ -18,12 +25,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import anyio
 import torch
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
@@ -38,7 +43,9 @@ from torchgraft.data.decode import (
     decode_bytes,
 )
 from torchgraft.errors import UserError
+from torchgraft.serve.limits import BodyDeadline, Pending, Workers
 from torchgraft.serve.predictor import Prediction, Predictor
+from torchgraft.serve.server import ServerSettings
 from torchgraft.serve.uploads import Upload, read_upload
 
 logger = logging.getLogger(__name__)
@@ -48,11 +55,6 @@ DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20  # 10 MB: a large phone photo is 3 to 8 MB
 # 25 megapixels: a 12 MP phone photo (4032x3024) passes; a PNG that decodes to this size
 # takes about 75 MB as RGB, and a few times that while it is converted and resized.
 DEFAULT_MAX_PIXELS = 25_000_000
-# Open connections uvicorn accepts before answering 503: each may hold an upload of up to
-# max_upload_bytes in memory while it waits for a worker (64 x 10 MB = 640 MB at most).
-MAX_CONNECTIONS = 64
-
-T = TypeVar("T")
 
 
 def create_app(
@@ -63,12 +65,15 @@ def create_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     top_k: int = 5,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    settings: ServerSettings | None = None,
 ) -> FastAPI:
     """The app for a run (or an already loaded Predictor). `top_k` is the default number of
     classes each answer lists; a request may ask for another with ?top_k=N. Images whose
-    header declares more than `max_pixels` are refused with 413 before they are decoded."""
+    header declares more than `max_pixels` are refused with 413 before they are decoded.
+    `settings` holds the timeouts and the limit on uploads in progress."""
     check_max_pixels(max_pixels)
     allowed_formats()  # a bad $TORCHGRAFT_EXTRA_IMAGE_FORMATS stops the start, not each upload
+    settings = settings or ServerSettings()
     predictor = (
         run
         if isinstance(run, Predictor)
@@ -77,7 +82,10 @@ def create_app(
     app = FastAPI(
         title=f"torchgraft: {predictor.info.model_name} ({predictor.run.path.name})",
         description="Upload an image to POST /predict; GET / is a page to try it in a browser.",
+        docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN: no page that
+        redoc_url=None,  # phones home; /openapi.json still describes the API
     )
+    app.add_middleware(BodyDeadline, seconds=settings.body_timeout)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -85,7 +93,8 @@ def create_app(
         return FileResponse(STATIC / "index.html")
 
     explainable = can_explain(predictor)
-    limits = Limits(max_upload_bytes, max_pixels, Workers(default_workers()))
+    workers = Workers(default_workers(), settings.queue_timeout, settings.decode_timeout)
+    limits = Limits(max_upload_bytes, max_pixels, workers, Pending(settings.max_pending))
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -111,31 +120,15 @@ def default_workers() -> int:
     return max(1, len(usable) if usable else os.cpu_count() or 1)
 
 
-class Workers:
-    """Runs blocking work in threads, at most `count` at a time.
-
-    Starlette's thread pool alone would let 40 big uploads decode at once; the extra ones here
-    wait in the event loop, holding no thread and no decoded pixels. The anyio limiter is made
-    on first use, inside the event loop that serves the requests.
-    """
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self._limiter: anyio.CapacityLimiter | None = None
-
-    async def run(self, function: Callable[..., T], *args: Any) -> T:
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(self.count)
-        return await anyio.to_thread.run_sync(function, *args, limiter=self._limiter)
-
-
 @dataclass(frozen=True)
 class Limits:
-    """What one request may cost: upload bytes, decoded pixels, and a worker to run in."""
+    """What one request may cost: upload bytes, decoded pixels, a worker to run in, and a
+    place among the uploads in progress."""
 
     max_upload_bytes: int
     max_pixels: int
     workers: Workers
+    pending: Pending
 
 
 def add_predict(app: FastAPI, predictor: Predictor, top_k: int, limits: Limits) -> None:
@@ -143,10 +136,11 @@ def add_predict(app: FastAPI, predictor: Predictor, top_k: int, limits: Limits) 
     async def predict(request: Request, top_k: int = Query(top_k, ge=1, le=1000)) -> dict[str, Any]:
         """Top-k classes for one image: a multipart file field, or the raw bytes as the body."""
         started = time.perf_counter()
-        upload = await read_upload(request, limits.max_upload_bytes)
-        record = await limits.workers.run(
-            classify_upload, predictor, upload, top_k, limits.max_pixels
-        )
+        with limits.pending.slot():
+            upload = await read_upload(request, limits.max_upload_bytes)
+            record = await limits.workers.run(
+                classify_upload, predictor, upload, top_k, limits.max_pixels
+            )
         return {**record.to_dict(), "milliseconds": (time.perf_counter() - started) * 1000}
 
 
@@ -155,8 +149,9 @@ def add_explain(app: FastAPI, predictor: Predictor, limits: Limits) -> None:
     async def explain(request: Request) -> Response:
         """Grad-CAM for one image (uploaded as for /predict): the overlay as a PNG, showing
         where the network found the evidence for its predicted class."""
-        upload = await read_upload(request, limits.max_upload_bytes)
-        png = await limits.workers.run(explain_upload, predictor, upload, limits.max_pixels)
+        with limits.pending.slot():
+            upload = await read_upload(request, limits.max_upload_bytes)
+            png = await limits.workers.run(explain_upload, predictor, upload, limits.max_pixels)
         return Response(png, media_type="image/png")
 
 
@@ -171,9 +166,12 @@ def health_info(predictor: Predictor, top_k: int, limits: Limits) -> dict[str, A
         "display_names": predictor.display_names,
         "image_size": info.preprocessing.image_size,
         "device": str(predictor.device),
+        "engine": predictor.engine,  # eager, or the export format that classifies
         "top_k": top_k,
         "max_upload_bytes": limits.max_upload_bytes,
         "max_pixels": limits.max_pixels,
+        "uploads_in_progress": limits.pending.count,  # beyond max_pending: 503
+        "max_pending": limits.pending.limit,
     }
 
 

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,10 +22,13 @@ import torch
 from torchgraft.artifact import Run
 from torchgraft.data import UnreadableImage, eval_transform, load_display_names
 from torchgraft.devices import resolve_device
-from torchgraft.errors import UserError
+from torchgraft.errors import UserError, did_you_mean
 from torchgraft.models import load_model
 from torchgraft.probabilities import calibrated_probabilities
 from torchgraft.serve.inputs import ImageInput, as_image_list, describe, to_uint8_tensor
+
+if TYPE_CHECKING:
+    from torchgraft.export import ExportedModel
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +91,7 @@ class Predictor:
         device: str | torch.device = "auto",
         batch_size: int = 64,
         channels_last: bool | None = None,
+        engine: str = "eager",
     ) -> None:
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}")
@@ -103,6 +107,9 @@ class Predictor:
         self.transform = eval_transform(self.info.preprocessing)
         self.display_names = list(self.info.display_names)
         self.lock = threading.Lock()  # held while the model runs; hold it to use it directly
+        # The eager model stays loaded for Grad-CAM; an export, if chosen, classifies.
+        self.engine = engine
+        self.exported = load_engine(run, engine)
 
     @classmethod
     def from_run(
@@ -111,9 +118,13 @@ class Predictor:
         device: str | torch.device = "auto",
         batch_size: int = 64,
         class_names: str | Path | None = None,
+        engine: str = "eager",
     ) -> Predictor:
-        """Load a run; `class_names`, a JSON file (cat_to_name.json), overrides display names."""
-        loaded = cls(run if isinstance(run, Run) else Run.load(run), device, batch_size)
+        """Load a run; `class_names`, a JSON file (cat_to_name.json), overrides display names;
+        `engine` is eager PyTorch or an export format (`load_engine`)."""
+        loaded = cls(
+            run if isinstance(run, Run) else Run.load(run), device, batch_size, engine=engine
+        )
         if class_names is not None:
             loaded.display_names = load_display_names(class_names, loaded.info.class_names)
         return loaded
@@ -127,6 +138,9 @@ class Predictor:
 
     def classify(self, pixels: torch.Tensor) -> np.ndarray:
         """Calibrated class probabilities, (N, num_classes), for a (N, C, S, S) uint8 batch."""
+        if self.exported is not None:  # the export computes calibrated probabilities itself
+            with self.lock:
+                return self.exported(pixels.cpu().numpy())
         batch = pixels.to(self.device)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
@@ -197,6 +211,36 @@ class Predictor:
             if kept:
                 result[kept] = self.classify(torch.stack(pixels))
         return result, errors
+
+
+def load_engine(run: Run, engine: str) -> ExportedModel | None:
+    """The run's export that `engine` names (None for eager PyTorch), on the CPU.
+
+    Asking for a code format (aoti, torchscript) by name is what lets it load: predict and
+    serve never pick one by themselves. It must be current (parity.json reports it for the
+    run's weights and temperature); one not signed on this machine loads with a warning.
+    """
+    from torchgraft.export import EXPORTS_DIR, FORMATS, load_exported
+    from torchgraft.export.exporter import checked_formats
+    from torchgraft.export.signatures import signed_here
+
+    if engine == "eager":
+        return None
+    if engine not in FORMATS:
+        raise UserError(
+            f"unknown engine {engine!r}: use eager (the run's weights) or an export format: "
+            f"{', '.join(FORMATS)}." + did_you_mean(engine, ["eager", *FORMATS])
+        )
+    spec = FORMATS[engine]
+    path = run.path / EXPORTS_DIR / spec.file_name
+    if engine not in checked_formats(run):
+        raise UserError(
+            f"no current {engine} export in {path.parent} for this run's weights: "
+            f"graft export --run {run.path} --format {engine}"
+        )
+    if spec.code and not signed_here(path):
+        logger.warning("loading %s, code not signed on this machine, as --engine asked", path)
+    return load_exported(path, allow_code=True)
 
 
 def check_top_k(top_k: int) -> None:

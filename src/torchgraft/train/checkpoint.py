@@ -102,7 +102,16 @@ def load_checkpoint(run_path: Path) -> Checkpoint:
             f"missing): it stopped before its first epoch ended. Train it again instead."
         )
     meta = _read_index(folder)
-    return Checkpoint(load_tensors(folder / meta["tensors_file"]), meta)
+    # Only a file inside the checkpoint folder, read as safetensors: never a pickle.
+    tensors_file = folder / Path(str(meta.get("tensors_file", ""))).name
+    try:
+        tensors = load_tensors(tensors_file)
+    except Exception as error:  # safetensors raises its own error types for torn files
+        raise UserError(
+            f"the checkpoint {tensors_file} is damaged or missing ({error}): the run cannot "
+            f"resume from it. Start it again with --overwrite, or train under another --name."
+        ) from None
+    return Checkpoint(tensors, meta)
 
 
 def restore_optimizer(optimizer: Optimizer, checkpoint: Checkpoint) -> None:

@@ -13,14 +13,15 @@ from typing import Any
 
 import anyio
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from torchgraft import api
 from torchgraft.data.decode import decode_bytes
 from torchgraft.errors import UserError
-from torchgraft.serve.app import Workers, create_app
+from torchgraft.serve.app import create_app
+from torchgraft.serve.limits import Workers
 from torchgraft.testing import DEFAULT_CLASSES, bad_uploads, class_image, encoded_image
 
 
@@ -42,6 +43,7 @@ def test_health_names_the_model_and_its_classes(client: TestClient) -> None:
     body = health.json()
     assert body["status"] == "ok" and body["model"] == "cnn"
     assert body["classes"] == list(DEFAULT_CLASSES) and body["top_k"] == 2
+    assert body["engine"] == "eager"
 
 
 def test_multipart_and_raw_uploads_get_the_same_top_k(client: TestClient, tiny_run: Path) -> None:
@@ -202,6 +204,48 @@ def test_workers_run_at_most_their_count_at_once() -> None:
 
     anyio.run(main)
     assert most == 2
+
+
+def run_together(workers: Workers, seconds: list[float]) -> list[int]:
+    """Run a sleep of each length on `workers` at once; each one's status (200 or 503)."""
+    statuses = [0] * len(seconds)
+
+    async def one(index: int) -> None:
+        try:
+            await workers.run(time.sleep, seconds[index])
+            statuses[index] = 200
+        except HTTPException as error:
+            assert error.headers == {"Retry-After": "1"}
+            statuses[index] = error.status_code
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            for index in range(len(seconds)):
+                group.start_soon(one, index)
+                await anyio.sleep(0.05)  # in this order
+
+    anyio.run(main)
+    return statuses
+
+
+def test_work_over_the_decode_timeout_gets_503_but_keeps_its_slot_till_it_ends() -> None:
+    """The first job outlives its 0.3 s: its caller gets 503 at once. Its thread cannot be
+    stopped, so the second job (0.1 s) waits until it ends, and still finishes in time."""
+    workers = Workers(1, queue_timeout=5.0, work_timeout=0.3)
+    started = time.monotonic()
+    assert run_together(workers, [0.8, 0.1]) == [503, 200]
+    assert time.monotonic() - started >= 0.8  # the second ran after the first's thread
+
+
+def test_an_upload_that_waits_longer_than_the_queue_timeout_gets_503() -> None:
+    workers = Workers(1, queue_timeout=0.2, work_timeout=5.0)
+    assert run_together(workers, [0.6, 0.1]) == [200, 503]
+
+
+def test_the_api_docs_that_load_from_a_cdn_are_off(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 404
+    assert client.get("/redoc").status_code == 404
+    assert "/predict" in client.get("/openapi.json").json()["paths"]
 
 
 async def post_in_chunks(

@@ -1,0 +1,152 @@
+"""What a client may cost the app: a worker thread, a place among the uploads in progress,
+and the time its body takes to arrive. Beyond any of them, an answer at once (503 with
+Retry-After, or 408), never a hang.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from typing import Any, TypeVar
+
+import anyio
+import anyio.lowlevel
+from fastapi import HTTPException
+
+T = TypeVar("T")
+RETRY_AFTER_SECONDS = 1  # what a 503 asks the client to wait: a worker frees in about that
+
+
+def busy(reason: str) -> HTTPException:
+    """503 with Retry-After: the server cannot take this upload now, but will soon."""
+    return HTTPException(
+        503, f"server busy: {reason}; try again shortly",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )  # fmt: skip
+
+
+class Workers:
+    """Runs blocking work in threads, at most `count` at a time, each within `work_timeout`.
+
+    Starlette's thread pool alone would let 40 big uploads decode at once; the extra ones here
+    wait in the event loop, holding no thread and no decoded pixels, for `queue_timeout` at
+    most. Work still running after `work_timeout` cannot be stopped (a thread cannot be
+    killed), so its caller gets a 503 and the thread is left to finish: it keeps its slot
+    until it does, so no more than `count` threads ever run. The semaphore is made on first
+    use, inside the event loop that serves the requests.
+    """
+
+    def __init__(self, count: int, queue_timeout: float = 30.0, work_timeout: float = 10.0):
+        self.count = count
+        self.queue_timeout = queue_timeout
+        self.work_timeout = work_timeout
+        self._pools: tuple[anyio.Semaphore, anyio.CapacityLimiter] | None = None
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        if self._pools is None:  # the slots, and threads to match (the default pool is shared)
+            self._pools = anyio.Semaphore(self.count), anyio.CapacityLimiter(self.count)
+        slots, threads = self._pools
+        with anyio.move_on_after(self.queue_timeout) as waiting:
+            await slots.acquire()
+        if waiting.cancelled_caught:
+            raise busy(f"no worker became free within {self.queue_timeout:g} s")
+        job = SlotJob(function, args, slots, anyio.lowlevel.current_token())
+        with anyio.move_on_after(self.work_timeout):
+            return await anyio.to_thread.run_sync(job.run, limiter=threads, abandon_on_cancel=True)
+        job.abandon()
+        raise busy(f"decoding and classifying took longer than {self.work_timeout:g} s")
+
+
+class SlotJob:
+    """One piece of work holding a worker slot, given back exactly once: by the thread when
+    it finishes, or by the event loop when it was abandoned before the thread began."""
+
+    def __init__(
+        self, function: Callable[..., Any], args: tuple[Any, ...], slots: anyio.Semaphore,
+        token: anyio.lowlevel.EventLoopToken,
+    ) -> None:  # fmt: skip
+        self.function, self.args, self.slots, self.token = function, args, slots, token
+        self._state = "queued"  # -> "running" (the thread took it) or "abandoned"
+        self._lock = threading.Lock()
+
+    def run(self) -> Any:
+        with self._lock:
+            if self._state == "abandoned":
+                return None  # its caller gave up, and the loop already gave the slot back
+            self._state = "running"
+        try:
+            return self.function(*self.args)
+        finally:
+            with contextlib.suppress(anyio.RunFinishedError):  # the server stopped meanwhile
+                anyio.from_thread.run_sync(self.slots.release, token=self.token)
+
+    def abandon(self) -> None:
+        """Called in the event loop when the caller stops waiting."""
+        with self._lock:
+            never_started = self._state == "queued"
+            self._state = "abandoned"
+        if never_started:
+            self.slots.release()
+
+
+class Pending:
+    """Counts the uploads in progress (being read, waiting or classified); beyond `limit`,
+    a new one gets 503 at once, before its body is read. Used in the event loop only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        if self.count >= self.limit:
+            raise busy(f"{self.limit} uploads already in progress")
+        self.count += 1
+        try:
+            yield
+        finally:
+            self.count -= 1
+
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class BodyDeadline:
+    """ASGI middleware: a request body must arrive in full within `seconds` of the request's
+    start, or the request gets 408 and its connection is closed.
+
+    uvicorn waits for a body for ever, so a client sending a byte a second would hold a
+    connection, and an upload slot, for as long as it likes. The deadline is for the whole
+    body, not per chunk, which such a client would never miss. Once the body is in, later
+    `receive` calls (waiting for a disconnect) pass through untimed.
+    """
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], seconds: float):
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = anyio.current_time() + self.seconds
+        body_done = False
+
+        async def timed_receive() -> Message:
+            nonlocal body_done
+            if body_done:
+                return await receive()
+            with anyio.move_on_after(deadline - anyio.current_time()):
+                message = await receive()
+                body_done = message["type"] != "http.request" or not message.get("more_body")
+                return message
+            raise HTTPException(
+                408, f"the request body did not arrive within {self.seconds:g} s",
+                headers={"Connection": "close"},
+            )  # fmt: skip
+
+        await self.app(scope, timed_receive, send)
