@@ -159,7 +159,8 @@ def graft(*args: str) -> Result:
 
 def test_graft_cache_info_and_clear_by_kind_and_age(tmp_path: Path) -> None:
     make_entries(tmp_path)
-    stale = write(tmp_path / "images" / f".{K[0]}.npy.z{cache_files.temporary_suffix(dead_pid())}", 7)
+    suffix = cache_files.temporary_suffix(dead_pid())
+    stale = write(tmp_path / "images" / f".{K[0]}.npy.z{suffix}", 7)
     shown = graft("info", "--cache-dir", str(tmp_path))
     assert shown.exit_code == 0, shown.output
     lines = shown.stdout.splitlines()
