@@ -49,7 +49,7 @@ def _info_lines(report: CacheInfo) -> list[str]:
         lines.append(f"  {kind:<10}{_entries(count):>14}{human(size):>12}")
     lines.append(f"  {'total':<10}{_entries(len(report.entries)):>14}{human(report.total):>12}")
     if report.temporaries:
-        size = sum(path.stat().st_size for path in report.temporaries if path.exists())
+        size = sum(_size(path) for path in report.temporaries)
         lines.append(
             f"  {len(report.temporaries)} temporary file(s), {human(size)}: being written, or "
             "left by a killed run (the next run or `graft cache clear` removes those)"
@@ -94,6 +94,14 @@ def cache_clear(
         typer.echo(f"removed stale temporary {path}")
     total = human(sum(entry.size for entry in removed))
     typer.echo(f"removed {_entries(len(removed))} ({total}) and {len(temporaries)} temporaries")
+
+
+def _size(path: Path) -> int:
+    """A file's size; 0 once it is gone (a writer renames its temporary at any moment)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _entries(count: int) -> str:

@@ -12,14 +12,18 @@ row by row through a memory map whose pages are released as they fill, so a data
 than RAM never has to fit in it; without room on disk, images are decoded on the fly.
 Files are digested through a manifest (`data.manifest`): unchanged files are not read again.
 
-A disk entry heals: its index records the pixel file's size and a CRC-32 of its rows, checked
-on every read (a few GB/s), so a truncated, overwritten or corrupt entry is rebuilt with one
-warning instead of crashing the run. Files are renamed into place whole (`data.cache_files`,
+A disk entry heals: its index records the pixel file's size, inode and mtime and a CRC-32 of
+its rows, computed while they are written. A read checks the size, the .npy header and shape,
+and the inode and mtime (a rename keeps both; anything that rewrites the file changes one):
+only when those differ are the rows read and their CRC compared, so a warm start costs no
+pass over gigabytes of pixels, and a truncated, overwritten or corrupt entry is rebuilt with
+one warning instead of crashing the run. Files are renamed into place whole (`data.cache_files`,
 which also removes a killed run's temporaries and keeps the cache under its size cap).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,6 +31,7 @@ import math
 import mmap
 import os
 import shutil
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -40,7 +45,7 @@ from tqdm.auto import tqdm
 
 from torchgraft.artifact import Preprocessing
 from torchgraft.config import CACHE_MODES
-from torchgraft.data.cache_files import cache_write, enforce_limit, mark_used, tidy
+from torchgraft.data.cache_files import cache_write, enforce_limit, mark_used, read_or_none, tidy
 from torchgraft.data.decode import (
     UnreadableImage,
     allowed_formats,
@@ -62,6 +67,7 @@ MEMORY_SHARE = 0.5  # a memory cache may take at most this share of the availabl
 DISK_MARGIN = 1 << 30  # free disk space left over after a disk cache is written
 RELEASE_BYTES = 256 << 20  # written cache pages dropped from memory this often
 CHECK_PIECE = 16 << 20  # bytes read at a time to verify an entry's checksum
+BEING_INDEXED = 60.0  # seconds: a pixel file this new without its index has a writer at work
 
 
 @dataclass(frozen=True)
@@ -145,7 +151,8 @@ def cache_key(
         return digest.hexdigest()[:24]
     manifest = manifest_for(cache_dir, images.images)
     for path in images.images:
-        digest.update(manifest.digest(path).encode())
+        # surrogateescape: a file name that is not UTF-8 (kept as lone surrogates) hashes too.
+        digest.update(manifest.digest(path).encode("utf-8", "surrogateescape"))
     manifest.save()
     if manifest.read_files:
         logger.info("digested %d new or changed files", manifest.read_files)
@@ -261,7 +268,8 @@ class MappedRows:
 
     `open_memmap` writes the header and sizes the file; the rows are then mapped here, so
     that written pages can be flushed and dropped from this process every RELEASE_BYTES:
-    the file may be far larger than RAM.
+    the file may be far larger than RAM. Rows arrive in order, so their CRC-32 is kept as
+    they are written: the file is never read back to checksum it.
     """
 
     def __init__(self, path: Path, shape: tuple[int, int, int, int]) -> None:
@@ -272,9 +280,15 @@ class MappedRows:
         self.map = mmap.mmap(self.file.fileno(), 0)
         self.rows = np.ndarray(shape, np.uint8, buffer=self.map, offset=offset)
         self.offset, self.row_bytes, self.unreleased = offset, math.prod(shape[1:]), 0
+        self.checksum, self.written = 0, 0
 
     def __setitem__(self, index: int, image: np.ndarray) -> None:
+        if index != self.written:
+            raise IndexError(f"row {index} written out of order (row {self.written} is next)")
         self.rows[index] = image
+        # The row as stored (converted to uint8), while its page is still in memory.
+        self.checksum = zlib.crc32(self.rows[index].data, self.checksum)
+        self.written += 1
         self.unreleased += self.row_bytes
         if self.unreleased >= RELEASE_BYTES:
             self.release()
@@ -300,8 +314,8 @@ def _decode_to_disk(
     preprocessing: Preprocessing, workers: int, description: str, quiet: bool,
 ) -> DecodedSplit:  # fmt: skip
     """Decode straight into a new cache entry. Pixels first, under a temporary name, then
-    renamed; the index last, with the pixel file's size and checksum: a reader sees a whole,
-    verified entry or none."""
+    renamed; the index last, with the pixel file's size, identity and checksum: a reader
+    sees a whole, verified entry or none."""
     pixels_file = folder / f"{key}.npy"
     with cache_write(pixels_file) as partial:
         rows = MappedRows(partial, shape)
@@ -309,17 +323,26 @@ def _decode_to_disk(
             decoded = _decode_all(images, preprocessing, rows, workers, description, quiet)
         finally:  # Ctrl-C included: cache_write then removes the half-written file
             rows.close()
-        index = {
-            "format": CACHE_FORMAT, "shape": list(shape), "bytes": partial.stat().st_size,
-            "kept": decoded.kept.tolist(), "reasons": [item.reason for item in decoded.skipped],
-            "checksum": _rows_checksum(partial, rows.offset, len(decoded.kept) * rows.row_bytes),
-        }  # fmt: skip
-    with cache_write(folder / f"{key}.json") as temporary:
-        temporary.write_bytes(json.dumps(index).encode())
+    index = {
+        "format": CACHE_FORMAT, "shape": list(shape), "kept": decoded.kept.tolist(),
+        "reasons": [item.reason for item in decoded.skipped], "checksum": rows.checksum,
+        **_identity(pixels_file),  # after the rename and mark_used: as readers will see it
+    }  # fmt: skip
+    _write_index(folder / f"{key}.json", index)
     enforce_limit(folder.parent)
-    cached = _read_cached(folder, key, images, shape)
-    assert cached is not None, "the entry just written reads back"
-    return cached
+    pixels = np.load(pixels_file, mmap_mode="r")  # the header only: the rows stay on disk
+    return DecodedSplit(decoded.kept, decoded.skipped, pixels[: len(decoded.kept)], key)
+
+
+def _identity(pixels_file: Path) -> dict[str, int]:
+    """What changes when a file is rewritten, truncated or replaced (a rename keeps it)."""
+    status = pixels_file.stat()
+    return {"bytes": status.st_size, "inode": status.st_ino, "mtime_ns": status.st_mtime_ns}
+
+
+def _write_index(index_file: Path, index: dict[str, Any]) -> None:
+    with cache_write(index_file) as temporary:
+        temporary.write_bytes(json.dumps(index).encode())
 
 
 def _read_cached(
@@ -329,31 +352,41 @@ def _read_cached(
     entry (truncated, corrupt header, wrong shape, failed checksum, no index) gives one
     warning and None: the caller rebuilds it, and the new files replace the damaged ones."""
     pixels_file, index_file = folder / f"{key}.npy", folder / f"{key}.json"
-    if not (pixels_file.is_file() or index_file.is_file()):
+    if not (pixels_file.is_file() or index_file.is_file()) or _being_indexed(pixels_file):
         return None
-    try:
+
+    def read() -> DecodedSplit:
         index = json.loads(index_file.read_text())
         kept, pixels = _verified(pixels_file, index, shape)
         # The skipped files' paths are this run's (the data folder may have moved).
         missing = np.setdiff1d(np.arange(len(images)), kept)
         reasons = zip(missing, index["reasons"], strict=True)
         skipped = [Skipped(str(images.images[i]), reason) for i, reason in reasons]
-    except Exception as error:  # any failure to parse means a damaged entry
-        logger.warning(
-            "the decoded-image cache entry %s is damaged (%s): rebuilding it", pixels_file,
-            str(error) or type(error).__name__,
-        )  # fmt: skip
-        return None
-    mark_used(index_file)
-    # Rows past the images that decoded were reserved for those that did not: unused.
-    return DecodedSplit(kept, skipped, pixels[: len(kept)], key)
+        # Rows past the images that decoded were reserved for those that did not: unused.
+        return DecodedSplit(kept, skipped, pixels[: len(kept)], key)
+
+    cached = read_or_none(read, "decoded-image cache entry", pixels_file, "rebuilding")
+    if cached is not None:
+        mark_used(index_file)
+    return cached
+
+
+def _being_indexed(pixels_file: Path) -> bool:
+    """A pixel file just renamed into place whose index is not written yet: another run is
+    between the two renames, so this is a miss, not a damaged entry."""
+    try:
+        age = time.time() - pixels_file.stat().st_mtime
+    except OSError:
+        return False
+    return not pixels_file.with_suffix(".json").exists() and age < BEING_INDEXED
 
 
 def _verified(
     pixels_file: Path, index: dict[str, Any], shape: tuple[int, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
     """(kept indices, memory-mapped pixels) of an entry, after checking its index, the pixel
-    file's size, header and shape, and the checksum of its rows; ValueError if one fails."""
+    file's size, header and shape, and its identity (inode, mtime); only when that changed
+    (a copied cache, or a rewritten file) the checksum of its rows. ValueError if one fails."""
     if index.get("format") != CACHE_FORMAT or tuple(index["shape"]) != tuple(shape):
         raise ValueError(f"made for another format or shape: {index.get('shape')}")
     size = pixels_file.stat().st_size
@@ -365,9 +398,13 @@ def _verified(
     kept = np.asarray(index["kept"], dtype=np.int64)
     if len(kept) + len(index["reasons"]) != shape[0]:
         raise ValueError("its index does not cover every image")
-    row_bytes = math.prod(shape[1:])
-    if _rows_checksum(pixels_file, pixels.offset, len(kept) * row_bytes) != index["checksum"]:
-        raise ValueError("checksum mismatch: the pixels changed on disk")
+    if _identity(pixels_file) != {name: index.get(name) for name in ("bytes", "inode", "mtime_ns")}:
+        row_bytes = math.prod(shape[1:])
+        if _rows_checksum(pixels_file, pixels.offset, len(kept) * row_bytes) != index["checksum"]:
+            raise ValueError("checksum mismatch: the pixels changed on disk")
+        # Intact, only moved or copied: record its new identity so the next read is cheap.
+        with contextlib.suppress(OSError):  # a read-only cache still serves
+            _write_index(pixels_file.with_suffix(".json"), index | _identity(pixels_file))
     return kept, pixels
 
 

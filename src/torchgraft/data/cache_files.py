@@ -3,10 +3,16 @@
 Three kinds of entry live under the cache root, one sub-folder each: decoded images
 (`images/KEY.npy` + `KEY.json`), frozen-backbone features (`features/KEY.safetensors`) and
 file-digest manifests (`digests/NAME.json`). Every file is written under a temporary name
-that carries the writer's host and pid, then renamed: a reader sees a whole file or none.
-A process killed with -9 leaves its temporary behind; the next process to use the cache
-removes the ones whose writer is gone (same host, pid not alive) or that are older than a
-day (another host's, or a pid reused since). An entry is "used" when it is read or written
+that carries the writer's host, pid namespace and pid, then renamed: a reader sees a whole
+file or none. A process killed with -9 leaves its temporary behind; the next process to use
+the cache removes the ones whose writer is gone (same host and pid namespace, pid not alive)
+or that are older than a day (another host's or container's, or a pid reused since).
+
+The cache folder may be pointed anywhere (`--cache-dir`, `$TORCHGRAFT_CACHE`), so nothing
+is ever deleted but the names the cache makes (hex keys, its own temporaries), and only in
+a folder that carries the CACHEDIR.TAG written when the cache was first written to (a
+project folder with an images/ sub-folder of photos is never touched). An entry is "used"
+when it is read or written
 (its newest file's mtime is set then: atime is unreliable), and after each write the least
 recently used entries go until the cache fits its cap, `$TORCHGRAFT_CACHE_MAX_SIZE`.
 """
@@ -20,9 +26,10 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from torchgraft.artifact import atomic_path
 from torchgraft.errors import UserError
@@ -33,9 +40,20 @@ KINDS = ("images", "features", "digests")  # one sub-folder of the cache root ea
 LIMIT_VARIABLE = "TORCHGRAFT_CACHE_MAX_SIZE"
 DEFAULT_LIMIT = 50 * 10**9  # bytes; or a quarter of the disk holding the cache, if smaller
 STALE_AFTER = 24 * 3600  # seconds: a temporary this old is stale whoever wrote it
-# ".NAME.RANDOM.tmp-HOST-PID" from cache_write; ".NAME.RANDOM.tmp" from artifact.atomic_path;
-# "KEY.npy.partial-PID" from the decoded-image cache before temporaries named their host.
-_TEMPORARY = re.compile(r"^\..+\.tmp(-(?P<host>.*)-(?P<pid>\d+))?$|^.+\.partial-(?P<old>\d+)$")
+# The only names the cache makes, and so the only ones it ever deletes: hex keys.
+_ENTRY = r"[0-9a-f]{16,24}\.(?:npy|json|safetensors)"
+# ".ENTRY.RANDOM.tmp-HOST-PIDNS-PID" from cache_write (".ENTRY.RANDOM.tmp-HOST-PID" before
+# temporaries named their pid namespace); "KEY.npy.partial-PID" from older versions.
+_TEMPORARY = re.compile(
+    rf"^\.{_ENTRY}\.[^.]+\.tmp(-(?P<host>[A-Za-z0-9._]+)(-(?P<ns>\d+|x))?-(?P<pid>\d+))?$"
+    rf"|^[0-9a-f]{{16,24}}\.npy\.partial-\d+$"
+)
+TAG_FILE = "CACHEDIR.TAG"  # https://bford.info/cachedir/: backup tools skip the folder too
+_TAG = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by torchgraft (graft cache info).\n"
+    "# For information about cache directory tags see https://bford.info/cachedir/\n"
+)
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -79,9 +97,43 @@ class CacheInfo:
 def cache_write(path: Path) -> Iterator[Path]:
     """A temporary name beside `path` that says who writes it; renamed to `path` on success
     (artifact.atomic_path: fsynced, removed on any failure). The entry counts as in use."""
-    with atomic_path(path, suffix=f".tmp-{_host()}-{os.getpid()}") as temporary:
+    _tag(path.parent.parent)
+    with atomic_path(path, suffix=temporary_suffix(os.getpid())) as temporary:
         yield temporary
     mark_used(path)
+
+
+def temporary_suffix(pid: int) -> str:
+    """How a temporary of process `pid` (on this host, in this pid namespace) ends."""
+    return f".tmp-{_host()}-{_pid_namespace()}-{pid}"
+
+
+def _tag(root: Path) -> None:
+    """Mark `root` as a cache folder: housekeeping deletes files only where this tag is."""
+    tag = root / TAG_FILE
+    if not tag.is_file():
+        with contextlib.suppress(OSError):  # a read-only cache still serves
+            root.mkdir(parents=True, exist_ok=True)
+            tag.write_text(_TAG)
+
+
+def is_cache(root: Path) -> bool:
+    """Whether `root` carries the cache's tag (only then are files deleted there)."""
+    return (root / TAG_FILE).is_file()
+
+
+T = TypeVar("T")
+
+
+def read_or_none(read: Callable[[], T], what: str, path: Path, remedy: str) -> T | None:
+    """`read()`, or None with one warning when it fails: any failure to read an entry means
+    it is damaged, and the caller rebuilds it (its new files replace the damaged ones)."""
+    try:
+        return read()
+    except Exception as error:
+        reason = str(error) or type(error).__name__
+        logger.warning("the %s %s is damaged (%s): %s it", what, path, reason, remedy)
+        return None
 
 
 def mark_used(path: Path) -> None:
@@ -94,6 +146,8 @@ def mark_used(path: Path) -> None:
 
 def tidy(root: Path) -> None:
     """Remove the temporaries that killed processes left (a listing of three folders)."""
+    if not is_cache(root):
+        return
     removed = remove_files(stale_temporaries(root))
     if removed:
         size = sum(size for _, size in removed)
@@ -106,7 +160,8 @@ def temporaries(root: Path) -> list[Path]:
 
 
 def stale_temporaries(root: Path, now: float | None = None) -> list[Path]:
-    """The temporaries whose writer has died (this host, pid gone) or that are a day old."""
+    """The temporaries whose writer has died (this host and pid namespace, pid gone) or
+    that are a day old."""
     now = time.time() if now is None else now
     stale = []
     for path in temporaries(root):
@@ -124,9 +179,11 @@ def _writer_alive(name: str) -> bool:
     match = _TEMPORARY.match(name)
     if match is None:
         return False
-    pid, host = match["pid"] or match["old"], match["host"]
-    if pid is None or (host is not None and host != _host()):
-        return True  # no pid, or another host's: only the age can tell
+    pid, host, namespace = match["pid"], match["host"], match["ns"]
+    if pid is None or host != _host() or namespace != _pid_namespace() or namespace == "x":
+        # Another host's or container's (a container shares the host name but not its
+        # pids), or a namespace not known: only the age can tell.
+        return True
     return _pid_alive(int(pid))
 
 
@@ -145,6 +202,15 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
 
 
+def _pid_namespace() -> str:
+    """The inode of this process's pid namespace ("x" where not known): two containers on
+    one host share its name, and their pids mean different processes."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "x"
+
+
 def _files(root: Path) -> Iterator[Path]:
     for kind in KINDS:
         folder = root / kind
@@ -156,7 +222,7 @@ def entries(root: Path) -> list[CacheEntry]:
     """The cache's entries, least recently used first."""
     groups: dict[tuple[str, str], list[Path]] = {}
     for path in _files(root):
-        if not (path.name.startswith(".") or _TEMPORARY.match(path.name)):
+        if re.fullmatch(_ENTRY, path.name):
             groups.setdefault((path.parent.name, path.name.split(".")[0]), []).append(path)
     found = []
     for (kind, name), files in groups.items():
@@ -189,7 +255,7 @@ def enforce_limit(root: Path) -> list[CacheEntry]:
     """After a write: remove least recently used entries until the cache fits its cap.
     Entries this process uses are kept, even when they alone exceed it."""
     limit = size_limit(root)
-    if limit is None:
+    if limit is None or not is_cache(root):
         return []
     found = entries(root)
     excess = sum(entry.size for entry in found) - limit
@@ -225,6 +291,12 @@ def clear(
     if unknown:
         choices = ", ".join(KINDS)
         raise UserError(f"unknown cache kind {sorted(unknown)[0]!r}: choose from {choices}")
+    if root.is_dir() and not is_cache(root):
+        raise UserError(
+            f"{root} has no {TAG_FILE}, so it is not a torchgraft cache folder: nothing was "
+            "removed. Check --cache-dir and $TORCHGRAFT_CACHE; a cache made by an older "
+            "version gets its tag on the next run that writes to it."
+        )
     now = time.time()
     chosen = [
         entry for entry in entries(root)

@@ -72,7 +72,7 @@ def manifest_for(cache_dir: Path | None, files: Sequence[Path]) -> DigestManifes
         parent = os.path.commonpath([os.path.abspath(f) for f in files])
     except ValueError:  # paths on different drives (Windows): one manifest for all
         parent = ""
-    name = hashlib.sha256(parent.encode()).hexdigest()[:16]
+    name = hashlib.sha256(os.fsencode(parent)).hexdigest()[:16]  # any bytes, UTF-8 or not
     return DigestManifest(cache_dir / MANIFEST_FOLDER / f"{name}.json")
 
 

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from torchgraft.artifact import Preprocessing
 from torchgraft.data import CachedImageDataset, ImageDataset, make_loader
-from torchgraft.data.cache_files import cache_write, enforce_limit, mark_used, tidy
+from torchgraft.data.cache_files import cache_write, enforce_limit, mark_used, read_or_none
 from torchgraft.models import GraftedClassifier
 
 logger = logging.getLogger(__name__)
@@ -100,19 +100,20 @@ def cached_features(
     description: str,
     quiet: bool,
 ) -> TensorDataset:
-    """Features of `dataset`, from `cache_dir/features/<key>` when there, computed otherwise."""
-    path = cache_dir / "features" / f"{key}.safetensors" if cache_dir and key else None
-    if path is not None and cache_dir is not None:
-        tidy(cache_dir)  # temporaries a killed run left behind
+    """Features of `dataset`, from `cache_dir/features/<key>` when there, computed otherwise.
+    (The decoding pass before it, over the same cache folder, removed stale temporaries.)"""
+    root = cache_dir if key else None
+    path = root / "features" / f"{key}.safetensors" if root else None
+    if path is not None:
         stored = _read_entry(path, labels_of(dataset))
         if stored is not None:
             logger.info("feature cache hit: %s (%d images)", path, len(stored))
             return stored
     loader = make_loader(dataset, batch_size, False, 0)
     computed = compute_features(model, loader, device, description=description, quiet=quiet)
-    if path is not None and cache_dir is not None:
+    if path is not None:
         _write_entry(path, *computed.tensors)
-        enforce_limit(cache_dir)
+        enforce_limit(path.parent.parent)
     return computed
 
 
@@ -121,7 +122,8 @@ def _read_entry(path: Path, labels: np.ndarray | None) -> TensorDataset | None:
     and its new file replaces this one)."""
     if not path.is_file():
         return None
-    try:
+
+    def read() -> TensorDataset:
         with safe_open(str(path), framework="pt") as file:
             metadata = file.metadata() or {}
             features, stored = file.get_tensor("features"), file.get_tensor("labels")
@@ -129,16 +131,16 @@ def _read_entry(path: Path, labels: np.ndarray | None) -> TensorDataset | None:
             raise ValueError(f"made by another version (format {metadata.get('format')})")
         if metadata.get("checksum") != _checksum(features, stored):
             raise ValueError("checksum mismatch: the features changed on disk")
+        # Belt and braces: the key digests the labels, so this fails only on a key
+        # collision or a file copied in by hand.
         if labels is not None and not np.array_equal(stored.numpy(), labels):
             raise ValueError("its labels are not the dataset's")
-    except Exception as error:  # any failure to load means a damaged entry
-        logger.warning(
-            "the feature cache entry %s is damaged (%s): recomputing it", path,
-            str(error) or type(error).__name__,
-        )  # fmt: skip
-        return None
-    mark_used(path)
-    return TensorDataset(features, stored)
+        return TensorDataset(features, stored)
+
+    entry = read_or_none(read, "feature cache entry", path, "recomputing")
+    if entry is not None:
+        mark_used(path)
+    return entry
 
 
 def _write_entry(path: Path, features: torch.Tensor, labels: torch.Tensor) -> None:

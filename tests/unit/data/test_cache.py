@@ -181,6 +181,23 @@ def test_opting_in_to_another_format_changes_the_key(
     assert cache_key_reading(images, tmp_path / "cache")[0] != default
 
 
+def test_names_that_are_not_utf8_and_missing_files_still_make_a_key(tmp_path: Path) -> None:
+    """Linux file names are bytes: a folder and a file named in Latin-1, and a label file
+    row naming a file that is gone (its digest is then its path), key the cache too."""
+    folder = make_image_folder(tmp_path / os.fsdecode(b"donn\xe9es"), per_class=3, size=32)
+    cat = sorted(path for path in folder.iterdir() if path.is_dir())[0]
+    first = sorted(cat.iterdir())[0]
+    (cat / os.fsdecode(b"caf\xe9.png")).write_bytes(first.read_bytes())
+    (folder / "labels.csv").write_text(
+        f"path,label\n{first.relative_to(folder)},{cat.name}\ngone.png,{cat.name}\n"
+    )
+    for source in (folder, folder / "labels.csv"):
+        images = _split(source)
+        assert len(cache_key_reading(images, tmp_path / "cache")[0]) == 24
+        decoded = decode_split(images, PREP, mode="disk", cache_dir=tmp_path / "cache", quiet=True)
+        assert len(decoded.kept) == len(images) - (source.suffix == ".csv")  # gone.png skipped
+
+
 def cache_key_reading(images: LabeledImages, cache: Path) -> tuple[str, int]:
     """(the cache key, how many files computing it read)."""
     from torchgraft.data import manifest

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,6 +72,8 @@ def flip_a_pixel(pixels: Path, index: Path) -> None:
 
 def drop_index(pixels: Path, index: Path) -> None:
     index.unlink()  # as a kill between the pixels' rename and the index's leaves it
+    hour_ago = time.time() - 3600
+    os.utime(pixels, (hour_ago, hour_ago))  # long enough ago that its writer is gone
 
 
 def garble_index(pixels: Path, index: Path) -> None:
@@ -101,6 +104,61 @@ def test_a_damaged_entry_is_rebuilt_with_one_warning(
     again = decode_split(images, PREP, mode="disk", cache_dir=cache, quiet=True)
     assert decoded_files == [] and damage_warnings(caplog) == []  # a clean hit now
     np.testing.assert_array_equal(again.pixels, expected)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def checksummed(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The pixel files whose rows are read back to check their checksum."""
+    calls: list[Path] = []
+    real = cache_module._rows_checksum
+    monkeypatch.setattr(
+        cache_module, "_rows_checksum", lambda p, *a: calls.append(p) or real(p, *a)
+    )
+    return calls
+
+
+def test_building_and_hitting_an_entry_read_no_pixel_rows_back(
+    tmp_path: Path, checksummed: list[Path], decoded_files: list[Path]
+) -> None:
+    """The checksum is made while writing; a hit checks size, header, inode and mtime."""
+    images = load_data(str(make_image_folder(tmp_path / "data", per_class=3, size=32))).train
+    expected = np.array(decode_split(images, PREP, quiet=True).pixels)
+    built = decode_split(images, PREP, mode="disk", cache_dir=tmp_path / "cache", quiet=True)
+    decoded_files.clear()
+    hit = decode_split(images, PREP, mode="disk", cache_dir=tmp_path / "cache", quiet=True)
+    assert decoded_files == [] and checksummed == []
+    for split in (built, hit):
+        np.testing.assert_array_equal(split.pixels, expected)  # type: ignore[arg-type]
+
+
+def test_a_copied_cache_is_checksummed_once_then_hits_cheaply(
+    tmp_path: Path, checksummed: list[Path], decoded_files: list[Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """A copy has new inodes: its rows are checked once, and the index then names them."""
+    images = load_data(str(make_image_folder(tmp_path / "data", per_class=3, size=32))).train
+    built = decode_split(images, PREP, mode="disk", cache_dir=tmp_path / "cache", quiet=True)
+    expected = np.array(built.pixels)
+    shutil.copytree(tmp_path / "cache", tmp_path / "copy")
+    decoded_files.clear()
+    for _ in range(2):
+        copy = decode_split(images, PREP, mode="disk", cache_dir=tmp_path / "copy", quiet=True)
+        np.testing.assert_array_equal(copy.pixels, expected)  # type: ignore[arg-type]
+    assert decoded_files == [] and damage_warnings(caplog) == []
+    assert checksummed == [tmp_path / "copy" / "images" / f"{built.key}.npy"]  # once
+
+
+def test_a_pixel_file_just_renamed_before_its_index_is_a_quiet_miss(
+    tmp_path: Path, decoded_files: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another run is between its two renames: no "damaged" warning, the entry is built."""
+    images = load_data(str(make_image_folder(tmp_path / "data", per_class=3, size=32))).train
+    key = decode_split(images, PREP, mode="disk", cache_dir=tmp_path / "cache", quiet=True).key
+    (tmp_path / "cache" / "images" / f"{key}.json").unlink()  # the pixel file is seconds old
+    decoded_files.clear()
+    decode_split(images, PREP, mode="disk", cache_dir=tmp_path / "cache", quiet=True)
+    assert len(decoded_files) == len(images) and damage_warnings(caplog) == []
+    assert (tmp_path / "cache" / "images" / f"{key}.json").is_file()
 
 
 def test_skipped_files_are_named_by_their_path_in_this_run(tmp_path: Path) -> None:
@@ -151,8 +209,8 @@ def test_a_training_after_a_killed_one_rebuilds_the_cache(
     folder = tmp_path / "cache" / "images"
     victim = sorted(folder.glob("*.npy"))[0]
     truncate(victim, victim.with_suffix(".json"))
-    host, size = cache_files._host(), victim.stat().st_size
-    stale = folder / f".{victim.name}.k3y5.tmp-{host}-{dead_pid()}"
+    size = victim.stat().st_size
+    stale = folder / f".{victim.name}.k3y5{cache_files.temporary_suffix(dead_pid())}"
     stale.write_bytes(b"\0" * size)
 
     caplog.set_level(logging.INFO, logger="torchgraft")
