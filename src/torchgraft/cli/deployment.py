@@ -212,11 +212,28 @@ def serve(
     device: DeviceOption = "auto",
     engine: EngineOption = "eager",
     body_timeout: Annotated[
-        float, typer.Option(min=0.1, help="Seconds an upload may take to arrive (then 408).")
-    ] = 30.0,
+        float,
+        typer.Option(
+            min=0.1,
+            help="Seconds of grace for an upload's body; after it, the body must average "
+            "--min-body-rate (else 408).",
+        ),
+    ] = 10.0,
+    min_body_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="KiB/s an upload must average after --body-timeout (32: a 10 MB upload may "
+            "take 330 s).",
+        ),
+    ] = 32.0,
     decode_timeout: Annotated[
         float,
-        typer.Option(min=0.1, help="Seconds one upload may take to decode and classify (503)."),
+        typer.Option(
+            min=0.1,
+            help="Seconds one upload may take to decode and resize (503); the wait "
+            "for the model is not counted.",
+        ),
     ] = 10.0,
     idle_timeout: Annotated[
         float,
@@ -238,7 +255,8 @@ def serve(
 
     def start() -> None:
         settings = ServerSettings(
-            body_timeout=body_timeout, decode_timeout=decode_timeout,
+            body_timeout=body_timeout, min_body_rate=min_body_rate * 1024,
+            decode_timeout=decode_timeout,
             idle_timeout=idle_timeout, max_pending=max_pending,
         )  # fmt: skip
         api.serve(

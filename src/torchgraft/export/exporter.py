@@ -3,7 +3,7 @@
 Export reads the run directory only (graft.json, model.safetensors) plus the run's own
 images for the parity check and int8 calibration. Every file lands in runs/NAME/exports/,
 with parity.json (the check's numbers: a report, not a voucher), signatures.json (what proves
-this user wrote the files, `signatures`) and README.md (the input contract for deployers).
+this user wrote the code files, `signatures`) and README.md (the input contract for deployers).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from torchgraft.export.parity import (
     failure_reason,
 )
 from torchgraft.export.readme import write_readme
-from torchgraft.export.signatures import sign_files
+from torchgraft.export.signatures import sign_or_warn
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,8 @@ def export_and_check(
     try:
         write_atomically(spec, inputs, path)
         seconds = time.perf_counter() - started
-        sign_files(folder, [spec.file_name])  # before anything else can touch the file
+        if spec.code:  # before anything else can touch the file; ONNX is data, left unsigned
+            sign_or_warn(folder, spec.file_name, spec.name)
         numbers = compare(run_exported(spec, path, pixels), reference)
     except GraftRuntimeError as error:
         logger.warning("%s failed (reported at the end); going on with the others", spec.name)

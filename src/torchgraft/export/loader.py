@@ -90,6 +90,11 @@ def load_exported(
         check_signed(path)
     try:
         predict, metadata = loaders[path.suffix](path, threads or torch.get_num_threads())
+    except ImportError as error:  # the engine is missing here: the file may be fine
+        module = error.name or "the engine"
+        raise UserError(
+            f"cannot load {path}: {module} is not installed (pip install {module})"
+        ) from None
     except Exception as error:  # a damaged or foreign file: the engines raise many types
         first_line = next(iter(str(error).splitlines()), "")  # torch's go on for a page
         raise UserError(

@@ -36,7 +36,7 @@ inside it, and a .ts file is a pickle-based TorchScript archive whose code runs 
 `model.onnx` and `model.int8.onnx` are data (a graph that onnxruntime interprets), as are
 the run's `model.safetensors` and the JSON files.
 
-`graft export` signed each file in `signatures.json` (an HMAC-SHA256 keyed by a secret of
+`graft export` signed each code file in `signatures.json` (an HMAC-SHA256 keyed by a secret of
 the user who exported, kept outside the run). torchgraft loads a .pt2 or .ts file only when
 that signature checks out on the machine loading it, or when asked by name (`--engine aoti`,
 `load_exported(path, allow_code=True)`). `parity.json` is a report, not a proof: anyone can

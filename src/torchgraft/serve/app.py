@@ -10,8 +10,9 @@ Memory is bounded three ways: uploads by bytes (`max_upload_bytes`), decoded ima
 pixels (`max_pixels`, read from the header before decoding), and the number of uploads in
 progress (`ServerSettings.max_pending`; beyond it, 503 with Retry-After). About one upload per
 CPU decodes and classifies at once; the rest wait without holding a thread. Time is bounded
-too: a body must arrive within `body_timeout` (408), an upload waits for a worker at most
-`queue_timeout` and is decoded and classified within `decode_timeout` (503 with Retry-After).
+too: after `body_timeout` a body must keep arriving at `min_body_rate` (408), an upload
+waits for a worker at most `queue_timeout` and is decoded within `decode_timeout` (503 with
+Retry-After); its wait for the model, which runs one call at a time, is not timed.
 `/health` takes no part in any of this, so it answers while uploads queue.
 
 There is no authentication: put the server behind a reverse proxy for that (README.md).
@@ -43,7 +44,7 @@ from torchgraft.data.decode import (
     decode_bytes,
 )
 from torchgraft.errors import UserError
-from torchgraft.serve.limits import BodyDeadline, Pending, Workers
+from torchgraft.serve.limits import BodyDeadline, ModelTurns, Pending, Workers
 from torchgraft.serve.predictor import Prediction, Predictor
 from torchgraft.serve.server import ServerSettings
 from torchgraft.serve.uploads import Upload, read_upload
@@ -85,7 +86,9 @@ def create_app(
         docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN: no page that
         redoc_url=None,  # phones home; /openapi.json still describes the API
     )
-    app.add_middleware(BodyDeadline, seconds=settings.body_timeout)
+    app.add_middleware(
+        BodyDeadline, grace_seconds=settings.body_timeout, min_rate=settings.min_body_rate
+    )
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -94,10 +97,12 @@ def create_app(
 
     explainable = can_explain(predictor)
     workers = Workers(default_workers(), settings.queue_timeout, settings.decode_timeout)
-    limits = Limits(max_upload_bytes, max_pixels, workers, Pending(settings.max_pending))
+    limits = Limits(
+        max_upload_bytes, max_pixels, workers, ModelTurns(), Pending(settings.max_pending)
+    )
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:  # in the event loop: no thread, so never queued
         return {**health_info(predictor, top_k, limits), "explain": explainable}
 
     add_predict(app, predictor, top_k, limits)
@@ -122,12 +127,13 @@ def default_workers() -> int:
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may cost: upload bytes, decoded pixels, a worker to run in, and a
-    place among the uploads in progress."""
+    """What one request may cost: upload bytes, decoded pixels, a worker to decode in, a turn
+    with the model, and a place among the uploads in progress."""
 
     max_upload_bytes: int
     max_pixels: int
     workers: Workers
+    model: ModelTurns
     pending: Pending
 
 
@@ -138,9 +144,10 @@ def add_predict(app: FastAPI, predictor: Predictor, top_k: int, limits: Limits) 
         started = time.perf_counter()
         with limits.pending.slot():
             upload = await read_upload(request, limits.max_upload_bytes)
-            record = await limits.workers.run(
-                classify_upload, predictor, upload, top_k, limits.max_pixels
-            )
+            pixels = await limits.workers.run(decode_upload, predictor, upload, limits.max_pixels)
+            probabilities = await limits.model.run(predictor.classify, pixels.unsqueeze(0))
+        k = min(top_k, predictor.info.num_classes)
+        record = Prediction(upload.name, predictor.top_classes(probabilities[0], k))
         return {**record.to_dict(), "milliseconds": (time.perf_counter() - started) * 1000}
 
 
@@ -151,7 +158,8 @@ def add_explain(app: FastAPI, predictor: Predictor, limits: Limits) -> None:
         where the network found the evidence for its predicted class."""
         with limits.pending.slot():
             upload = await read_upload(request, limits.max_upload_bytes)
-            png = await limits.workers.run(explain_upload, predictor, upload, limits.max_pixels)
+            pixels = await limits.workers.run(decode_upload, predictor, upload, limits.max_pixels)
+            png = await limits.model.run(explain_pixels, predictor, pixels)
         return Response(png, media_type="image/png")
 
 
@@ -203,20 +211,11 @@ def decode_upload(predictor: Predictor, upload: Upload, max_pixels: int) -> torc
         raise HTTPException(400, f"{upload.name}: cannot decode ({type(error).__name__})") from None
 
 
-def classify_upload(
-    predictor: Predictor, upload: Upload, top_k: int, max_pixels: int
-) -> Prediction:
-    pixels = decode_upload(predictor, upload, max_pixels)
-    probabilities = predictor.classify(pixels.unsqueeze(0))[0]
-    k = min(top_k, predictor.info.num_classes)
-    return Prediction(upload.name, predictor.top_classes(probabilities, k))
-
-
-def explain_upload(predictor: Predictor, upload: Upload, max_pixels: int) -> bytes:
-    """The Grad-CAM overlay of the predicted class as PNG bytes, at least 224 px wide."""
+def explain_pixels(predictor: Predictor, pixels: torch.Tensor) -> bytes:
+    """The Grad-CAM overlay of the predicted class for a decoded (C, S, S) upload, as PNG
+    bytes at least 224 px wide."""
     from torchgraft.explain import enlarge, grad_cam, overlay, png_bytes
 
-    pixels = decode_upload(predictor, upload, max_pixels)
     with predictor.lock:  # the same one-model-call-at-a-time rule as predictions
         cam = grad_cam(predictor.model, pixels.unsqueeze(0).to(predictor.device))
     return png_bytes(enlarge(overlay(pixels, cam.heatmaps[0].cpu()), 224))

@@ -27,7 +27,8 @@ def busy(reason: str) -> HTTPException:
 
 
 class Workers:
-    """Runs blocking work in threads, at most `count` at a time, each within `work_timeout`.
+    """Runs blocking work (decoding an upload) in threads, at most `count` at a time, each
+    within `work_timeout`.
 
     Starlette's thread pool alone would let 40 big uploads decode at once; the extra ones here
     wait in the event loop, holding no thread and no decoded pixels, for `queue_timeout` at
@@ -55,7 +56,7 @@ class Workers:
         with anyio.move_on_after(self.work_timeout):
             return await anyio.to_thread.run_sync(job.run, limiter=threads, abandon_on_cancel=True)
         job.abandon()
-        raise busy(f"decoding and classifying took longer than {self.work_timeout:g} s")
+        raise busy(f"decoding took longer than {self.work_timeout:g} s")
 
 
 class SlotJob:
@@ -90,6 +91,25 @@ class SlotJob:
             self.slots.release()
 
 
+class ModelTurns:
+    """Runs model calls in a thread, one at a time and untimed; callers wait their turn in the
+    event loop, holding no thread.
+
+    The model runs one batch at a time anyway (the Predictor's lock). Waiting for it is no
+    fault of the upload, so `Workers.work_timeout` must not count it: with the model busy,
+    healthy traffic would get 503. How many wait is bounded by `Pending`. The limiter is
+    made on first use, inside the event loop that serves the requests.
+    """
+
+    def __init__(self) -> None:
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(1)
+        return await anyio.to_thread.run_sync(function, *args, limiter=self._limiter)
+
+
 class Pending:
     """Counts the uploads in progress (being read, waiting or classified); beyond `limit`,
     a new one gets 503 at once, before its body is read. Used in the event loop only."""
@@ -116,37 +136,54 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 class BodyDeadline:
-    """ASGI middleware: a request body must arrive in full within `seconds` of the request's
-    start, or the request gets 408 and its connection is closed.
+    """ASGI middleware: after a grace of `grace_seconds`, a request body must keep arriving
+    at `min_rate` bytes a second on average, or the request gets 408 and its connection is
+    closed.
 
     uvicorn waits for a body for ever, so a client sending a byte a second would hold a
-    connection, and an upload slot, for as long as it likes. The deadline is for the whole
-    body, not per chunk, which such a client would never miss. Once the body is in, later
-    `receive` calls (waiting for a disconnect) pass through untimed.
+    connection, and an upload slot, for as long as it likes. A fixed deadline for the whole
+    body would fail honest uploads over slow links (10 MB in 30 s needs 2.8 Mbit/s), and a
+    deadline per chunk is one such a client never misses. So the next chunk is due by
+    start + grace + bytes_so_far / min_rate: at 1 byte a second that is the grace and a
+    little more; at min_rate or faster, never. It needs no Content-Length (chunked bodies
+    are timed the same). Once the body is in, later `receive` calls (waiting for a
+    disconnect) pass through untimed.
     """
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], seconds: float):
+    def __init__(
+        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], grace_seconds: float,
+        min_rate: float,
+    ) -> None:  # fmt: skip
         self.app = app
-        self.seconds = seconds
+        self.grace_seconds = grace_seconds
+        self.min_rate = min_rate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        deadline = anyio.current_time() + self.seconds
+        started = anyio.current_time()
+        received = 0
         body_done = False
 
         async def timed_receive() -> Message:
-            nonlocal body_done
+            nonlocal body_done, received
             if body_done:
                 return await receive()
-            with anyio.move_on_after(deadline - anyio.current_time()):
+            due = started + self.grace_seconds + received / self.min_rate
+            with anyio.move_on_after(due - anyio.current_time()):
                 message = await receive()
+                received += len(message.get("body", b""))
                 body_done = message["type"] != "http.request" or not message.get("more_body")
                 return message
-            raise HTTPException(
-                408, f"the request body did not arrive within {self.seconds:g} s",
-                headers={"Connection": "close"},
-            )  # fmt: skip
+            raise self.too_slow(received, anyio.current_time() - started)
 
         await self.app(scope, timed_receive, send)
+
+    def too_slow(self, received: int, seconds: float) -> HTTPException:
+        return HTTPException(
+            408, f"the request body did not arrive in time: {received} bytes in {seconds:.1f} s; "
+            f"after the first {self.grace_seconds:g} s it must average at least "
+            f"{self.min_rate / 1024:g} KiB/s",
+            headers={"Connection": "close"},
+        )  # fmt: skip

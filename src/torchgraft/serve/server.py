@@ -10,7 +10,8 @@ uvicorn's own `limit_concurrency` counts open connections, idle ones included: w
 - the connection limit is high (`max_connections`), since idle sockets no longer last;
 - what costs memory and CPU, the uploads to /predict and /explain, is limited in the app
   (`max_pending`), which answers 503 with Retry-After beyond it; `/health` is never queued;
-- a request body must arrive in full within `body_timeout` (the app's `BodyDeadline`).
+- after `body_timeout` seconds, a request body must keep arriving at `min_body_rate` bytes a
+  second on average (the app's `BodyDeadline`), or it gets 408.
 
 uvicorn is imported inside `serve_app`: `import torchgraft.serve` does not pay for it.
 """
@@ -31,8 +32,12 @@ if TYPE_CHECKING:
 class ServerSettings:
     """What a client may cost the server: time, connections and queued uploads."""
 
-    body_timeout: float = 30.0  # seconds a request body may take to arrive in full (then 408)
-    decode_timeout: float = 10.0  # seconds one upload may take to decode and classify (503)
+    # A request body gets `body_timeout` seconds of grace, then must average `min_body_rate`
+    # bytes a second (then 408): 32 KiB/s (256 kbit/s, a poor mobile link) takes a 10 MB
+    # upload in 10 + 320 s, and cuts a client sending a byte a second after about 10 s.
+    body_timeout: float = 10.0
+    min_body_rate: float = 32 * 1024
+    decode_timeout: float = 10.0  # seconds one upload may take to decode and resize (503)
     idle_timeout: float = 5.0  # seconds a connection may stay open with no request head sent
     queue_timeout: float = 30.0  # seconds an upload may wait for a free worker (then 503)
     # Uploads being read, waiting or classified at once; more get 503 at once. Each may hold

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,3 +30,13 @@ def test_wrong_images_are_refused_and_empty_batches_answered(
     with pytest.raises(UserError, match="resize to the training size"):
         model(np.zeros((1, 3, 64, 64), dtype=np.uint8))
     assert model(np.zeros((0, 3, 32, 32), dtype=np.uint8)).shape == (0, 3)
+
+
+def test_a_missing_engine_is_named_not_blamed_on_the_file(
+    exported: ExportReport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    with pytest.raises(
+        UserError, match=r"onnxruntime is not installed \(pip install onnxruntime\)"
+    ):
+        load_exported(exported.folder / "model.onnx")

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,14 @@ from tests.unit.test_artifact import hostile_checkpoint
 from torchgraft import api
 from torchgraft.artifact import Run
 from torchgraft.errors import UserError
-from torchgraft.export import PARITY_FILE, ExportReport, benchmark_run, load_exported
+from torchgraft.export import PARITY_FILE, ExportReport, benchmark_run, export_run, load_exported
 from torchgraft.export.signatures import (
     SECRET_ENV,
     SIGNATURES_FILE,
     file_signature,
+    read_secret,
     secret_path,
+    sign_files,
     signed_here,
 )
 from torchgraft.serve.app import create_app
@@ -38,9 +41,9 @@ from torchgraft.testing import class_image
 CODE_FILES = ("model.pt2", "model.ts")
 
 
-def test_graft_export_signs_every_file_it_writes(exported: ExportReport) -> None:
+def test_graft_export_signs_every_code_file_it_writes(exported: ExportReport) -> None:
     signatures = json.loads((exported.folder / SIGNATURES_FILE).read_text())
-    assert sorted(signatures) == ["model.int8.onnx", "model.onnx", "model.pt2", "model.ts"]
+    assert sorted(signatures) == ["model.pt2", "model.ts"]  # ONNX is data: nothing to prove
     assert all(signed_here(exported.folder / name) for name in signatures)
     assert os.stat(secret_path()).st_mode & 0o777 == 0o600  # made on first export
 
@@ -76,12 +79,16 @@ def plant_run(fresh: Run, exported: ExportReport, code: Callable[[Path], None]) 
 
 
 def record_code_loads(monkeypatch: pytest.MonkeyPatch, canary: Path) -> None:
-    """Every load of a .pt2 or .ts file creates `canary`, then loads as usual."""
+    """Every load of a .pt2 or .ts file creates a file named after the loader in the folder
+    `canary`, then loads as usual."""
+    canary.mkdir()
     for owner, name in ((torch.jit, "load"), (torch._inductor, "aoti_load_package")):
         real = getattr(owner, name)
 
-        def loading(*args: Any, _real: Callable[..., Any] = real, **kwargs: Any) -> Any:
-            canary.touch()
+        def loading(
+            *args: Any, _real: Callable[..., Any] = real, _name: str = name, **kwargs: Any
+        ) -> Any:
+            (canary / _name).touch()
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(owner, name, loading)
@@ -116,11 +123,11 @@ def test_planted_exports_with_a_forged_parity_json_are_never_loaded(
     for name in CODE_FILES:
         with pytest.raises(UserError, match="no signature made on this machine vouches"):
             load_exported(run.path / "exports" / name)
-    assert not loaded.exists()
-    # The control: named as the engine, the same files load (so the canary would show it).
-    timed = benchmark_run(run, (1,), seconds=0.05, quiet=True, engines=["torchscript"])
-    assert "torchscript" in [timing.engine for timing in timed.timings]
-    assert loaded.exists()
+    assert not any(loaded.iterdir())
+    # The control: named as the engines, the same files load (so the canary would show it).
+    timed = benchmark_run(run, (1,), seconds=0.05, quiet=True, engines=["torchscript", "aoti"])
+    assert {"torchscript", "aoti"} <= {timing.engine for timing in timed.timings}
+    assert sorted(path.name for path in loaded.iterdir()) == ["aoti_load_package", "load"]
 
 
 def test_a_named_export_engine_predicts_as_eager_pytorch(exported: ExportReport) -> None:
@@ -150,3 +157,74 @@ def test_hostile_pickles_planted_as_exports_never_run(
         with pytest.raises(UserError, match=refused):
             api.predict(run, png(), engine=engine)
     assert not canary.exists()
+
+
+def test_without_a_writable_home_exports_are_kept_and_code_stays_unsigned(
+    fresh_run: Run,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    not_a_folder = tmp_path / "home-is-a-file"
+    not_a_folder.write_text("")  # the secret's folder cannot be made, even as root
+    monkeypatch.setenv(SECRET_ENV, str(not_a_folder / "torchgraft" / "secret"))
+    report = export_run(fresh_run, ["onnx", "torchscript"], quiet=True)
+    assert report.passed and (report.folder / PARITY_FILE).is_file()
+    assert (report.folder / "README.md").is_file()
+    assert not signed_here(report.folder / "model.ts")
+    assert "model.ts not signed: it will load only when asked for by name" in caplog.text
+    onnx = load_exported(report.folder / "model.onnx")  # data: loads unsigned
+    assert onnx(np.zeros((1, onnx.channels, onnx.image_size, onnx.image_size), np.uint8)).size
+
+
+@pytest.mark.parametrize("text", ["", "not hex at all"])
+def test_an_empty_or_damaged_secret_says_to_delete_it(
+    text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text(text)
+    monkeypatch.setenv(SECRET_ENV, str(secret))
+    with pytest.raises(UserError, match=r"secret .*secret is (empty|not hex): delete it"):
+        read_secret(create=True)
+    assert secret.read_text() == text  # never replaced behind the user's back
+
+
+def test_exports_started_together_make_one_complete_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SECRET_ENV, str(tmp_path / "config" / "secret"))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        secrets = list(pool.map(lambda _: read_secret(create=True), range(16)))
+    assert secrets[0] is not None and len(secrets[0]) == 32
+    assert set(secrets) == {secrets[0]}
+    assert [path.name for path in (tmp_path / "config").iterdir()] == ["secret"]  # no temp left
+
+
+@pytest.mark.parametrize("forged", ["é" * 64, "0" * 63, 7])
+def test_a_forged_signature_of_any_shape_is_refused_without_a_crash(
+    forged: object, exported: ExportReport, tmp_path: Path
+) -> None:
+    shutil.copy2(exported.folder / "model.ts", tmp_path / "model.ts")
+    (tmp_path / SIGNATURES_FILE).write_text(json.dumps({"model.ts": forged}))
+    assert not signed_here(tmp_path / "model.ts")
+
+
+def test_a_signature_written_meanwhile_by_another_export_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another export signs model.pt2 while this one hashes model.ts: both signatures stay."""
+    for name in ("model.ts", "model.pt2"):
+        (tmp_path / name).write_bytes(name.encode())
+    real_signature = file_signature
+
+    def hash_while_another_export_signs(path: Path, secret: bytes) -> str:
+        other = {"model.pt2": real_signature(tmp_path / "model.pt2", secret)}
+        (tmp_path / SIGNATURES_FILE).write_text(json.dumps(other))
+        return real_signature(path, secret)
+
+    monkeypatch.setattr(
+        "torchgraft.export.signatures.file_signature", hash_while_another_export_signs
+    )
+    sign_files(tmp_path, ["model.ts"])
+    monkeypatch.undo()
+    assert signed_here(tmp_path / "model.ts") and signed_here(tmp_path / "model.pt2")

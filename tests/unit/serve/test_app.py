@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ from torchgraft import api
 from torchgraft.data.decode import decode_bytes
 from torchgraft.errors import UserError
 from torchgraft.serve.app import create_app
-from torchgraft.serve.limits import Workers
+from torchgraft.serve.limits import BodyDeadline, Workers
+from torchgraft.serve.predictor import Predictor
+from torchgraft.serve.server import ServerSettings
 from torchgraft.testing import DEFAULT_CLASSES, bad_uploads, class_image, encoded_image
 
 
@@ -297,3 +300,77 @@ def test_a_chunked_upload_over_the_limit_is_refused_while_it_streams(
     status, answer, read = anyio.run(post_in_chunks, app, content_type, chunks)
     assert status == 413 and "limit" in answer["detail"]
     assert read <= limit // len(chunk) + 2  # stopped reading soon after the limit
+
+
+def test_waiting_for_the_busy_model_does_not_count_against_the_decode_timeout(
+    tiny_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four uploads at once, the model taking 0.25 s each: the last waits 0.75 s for it, over
+    the 0.3 s decode timeout, yet all four are answered (the timeout is for decoding)."""
+    predictor = Predictor.from_run(tiny_run, "cpu")
+    real_classify = predictor.classify
+
+    def slow_classify(pixels: Any) -> Any:
+        with predictor.lock:  # as a slow model would hold it
+            time.sleep(0.25)
+        return real_classify(pixels)
+
+    monkeypatch.setattr(predictor, "classify", slow_classify)
+    monkeypatch.setattr("torchgraft.serve.app.default_workers", lambda: 4)
+    app = create_app(predictor, settings=ServerSettings(decode_timeout=0.3))
+    with TestClient(app) as test_client, ThreadPoolExecutor(max_workers=4) as pool:
+        post = partial(test_client.post, "/predict", headers={"content-type": "image/png"})
+        answers = list(
+            pool.map(lambda image: post(content=image), [png(0, seed) for seed in range(4)])
+        )
+    assert [answer.status_code for answer in answers] == [200] * 4, answers[-1].text
+
+
+async def receive_body(
+    deadline: BodyDeadline, chunk: bytes, chunks: int, every: float
+) -> tuple[int, bytes]:
+    """Send `chunks` copies of `chunk`, one every `every` s, through `deadline` to an app that
+    reads the whole body; the status and the body the app read (or the 408's detail)."""
+    sent = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        await anyio.sleep(every)
+        sent += 1
+        return {"type": "http.request", "body": chunk, "more_body": sent < chunks}
+
+    async def reader(scope: Any, receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message["body"]
+            if not message["more_body"]:
+                break
+        await send({"status": 200, "body": body})
+
+    answer: dict[str, Any] = {}
+
+    async def send(message: dict[str, Any]) -> None:
+        answer.update(message)
+
+    deadline.app = reader
+    try:
+        await deadline({"type": "http"}, receive, send)
+    except HTTPException as error:
+        return error.status_code, str(error.detail).encode()
+    return answer["status"], answer["body"]
+
+
+def test_a_body_that_keeps_the_minimum_rate_may_take_longer_than_the_grace() -> None:
+    """8 KB at 10 KB/s takes 0.8 s: past the 0.3 s grace, but above 2 KB/s, so it is read."""
+    deadline = BodyDeadline(None, grace_seconds=0.3, min_rate=2000)  # type: ignore[arg-type]
+    status, body = anyio.run(receive_body, deadline, b"x" * 1000, 8, 0.1)
+    assert status == 200 and body == b"x" * 8000
+
+
+def test_a_body_slower_than_the_minimum_rate_gets_408_soon_after_the_grace() -> None:
+    deadline = BodyDeadline(None, grace_seconds=0.3, min_rate=2000)  # type: ignore[arg-type]
+    started = time.monotonic()
+    status, detail = anyio.run(receive_body, deadline, b"x" * 10, 100, 0.1)  # 100 bytes/s
+    assert status == 408 and b"must average at least 1.95312 KiB/s" in detail
+    assert time.monotonic() - started < 1.0
