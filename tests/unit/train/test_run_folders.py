@@ -246,3 +246,9 @@ def test_an_interruption_before_training_says_how_to_train_again_and_that_works(
     assert f"--name {left.name} --overwrite" in caplog.text
     again = api.train(data, **settings, name=left.name, overwrite=True)
     assert again.path == left and [row["epoch"] for row in _epochs(left)] == ["1"]
+
+
+def test_resuming_a_run_without_a_checkpoint_says_how_to_replace_it(tmp_path: Path) -> None:
+    run = Run.create(tmp_path / "mlp-data", _info())  # stopped before its first epoch ended
+    with pytest.raises(UserError, match="--name mlp-data --overwrite"):
+        api.resume(run.path)
