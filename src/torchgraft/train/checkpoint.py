@@ -116,7 +116,7 @@ def load_checkpoint(run_path: Path) -> Checkpoint:
     except Exception as error:  # safetensors raises its own error types for torn files
         raise UserError(
             f"the checkpoint {tensors_file} is damaged or missing ({error}): the run cannot "
-            f"resume from it. Start it again with --overwrite, or train under another --name."
+            f"resume from it. Train it again, {replace_it(run_path)}."
         ) from None
     return Checkpoint(tensors, meta)
 

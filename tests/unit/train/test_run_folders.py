@@ -248,7 +248,15 @@ def test_an_interruption_before_training_says_how_to_train_again_and_that_works(
     assert again.path == left and [row["epoch"] for row in _epochs(left)] == ["1"]
 
 
-def test_resuming_a_run_without_a_checkpoint_says_how_to_replace_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("checkpoint", ["none", "torn"])
+def test_resuming_a_run_that_cannot_resume_says_how_to_replace_it(
+    checkpoint: str, tmp_path: Path
+) -> None:
+    """Right for an automatic name too, where a plain --overwrite would be refused."""
     run = Run.create(tmp_path / "mlp-data", _info())  # stopped before its first epoch ended
+    if checkpoint == "torn":
+        (run.path / "checkpoints").mkdir()
+        (run.path / "checkpoints" / "last.json").write_text('{"tensors_file": "s.safetensors"}')
+        (run.path / "checkpoints" / "s.safetensors").write_bytes(b"\x08\x00")
     with pytest.raises(UserError, match="--name mlp-data --overwrite"):
         api.resume(run.path)
