@@ -53,7 +53,7 @@ def train(
     `callbacks` are your own `torchgraft.train.callbacks.Callback` objects: they hear every
     optimizer step (`on_step_end`) and epoch (`on_epoch_end`) and may call `trainer.stop()`.
     A `name` whose run exists is refused (a UserError) unless `overwrite`, which replaces
-    that run once the new one's data has decoded.
+    that run once the new one's data has decoded (`overwrite` without a `name` is refused).
     """
     from torchgraft.train import fit
 

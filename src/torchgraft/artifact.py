@@ -57,6 +57,9 @@ class RunInfo:
     metrics: dict[str, Any] = field(default_factory=dict)  # headline results, e.g. val_accuracy
     versions: dict[str, str] = field(default_factory=dict)  # library versions that made it
     trained_on: dict[str, str] = field(default_factory=dict)  # device, its name, precision
+    # The torchrun job (TORCHELASTIC_RUN_ID) that made the run, "" outside one: a torchrun
+    # restart resumes only a run its own job made, never an old run of the same name.
+    torchelastic_run_id: str = ""
     format_version: int = FORMAT_VERSION
 
     @property

@@ -1,3 +1,4 @@
+import json
 import os
 import pickle
 from pathlib import Path
@@ -157,3 +158,11 @@ def test_a_hostile_pickle_as_a_checkpoint_never_runs(tmp_path: Path, file_name: 
     with pytest.raises(UserError, match=f"the checkpoint .*{file_name} is damaged"):
         load_checkpoint(run.path)
     assert not canary.exists()
+
+
+def test_a_run_written_before_torchrun_ids_were_recorded_still_loads(tmp_path: Path) -> None:
+    run = Run.create(tmp_path / "old", _info())
+    saved = json.loads((run.path / "graft.json").read_text())
+    del saved["torchelastic_run_id"]  # graft.json as earlier versions wrote it
+    (run.path / "graft.json").write_text(json.dumps(saved))
+    assert Run.load(run.path).info.torchelastic_run_id == ""  # no torchrun job of its own

@@ -281,7 +281,7 @@ def train(
         typer.Option(
             "--overwrite",
             help="Replace the run --name names, once the new run's data has decoded "
-            "(without it, an existing name is refused).",
+            "(without it, an existing name is refused). Needs --name: refused without one.",
         ),
     ] = False,
     quiet: Annotated[

@@ -43,6 +43,8 @@ class EpochRecord:
     def improves_on(self, best: EpochRecord | None, monitor: str) -> bool:
         """A higher monitored score wins; on a tie, the lower validation loss. A score that
         is not a number (a NaN loss) never wins, and any number beats one."""
+        # A safeguard, unreachable today: a non-finite loss stops the run (NonFiniteLoss)
+        # before its epoch is recorded. Kept so that a NaN can never become the best.
         if not math.isfinite(self.score(monitor)):
             return False
         if best is None or not math.isfinite(best.score(monitor)):

@@ -90,8 +90,14 @@ def how_to_resume(path: Path) -> str:
         )
     return (
         f"interrupted before the first epoch ended: {path} has nothing to resume; train "
-        "again with --overwrite"
+        f"again, {replace_it(path)}"
     )
+
+
+def replace_it(path: Path) -> str:
+    """How to train again over a run's folder; right for an automatic name too (a plain
+    `--overwrite` would be refused without --name, and a new run would take another)."""
+    return f"with `--name {path.name} --overwrite` to replace it (or under another --name)"
 
 
 def load_checkpoint(run_path: Path) -> Checkpoint:
@@ -99,7 +105,8 @@ def load_checkpoint(run_path: Path) -> Checkpoint:
     if not (folder / INDEX_FILE).is_file():
         raise UserError(
             f"{run_path} has no checkpoint to resume ({CHECKPOINT_FOLDER}/{INDEX_FILE} is "
-            f"missing): it stopped before its first epoch ended. Train it again instead."
+            f"missing): it stopped before its first epoch ended. Train it again instead, "
+            f"{replace_it(run_path)}."
         )
     meta = _read_index(folder)
     # Only a file inside the checkpoint folder, read as safetensors: never a pickle.
@@ -109,7 +116,7 @@ def load_checkpoint(run_path: Path) -> Checkpoint:
     except Exception as error:  # safetensors raises its own error types for torn files
         raise UserError(
             f"the checkpoint {tensors_file} is damaged or missing ({error}): the run cannot "
-            f"resume from it. Start it again with --overwrite, or train under another --name."
+            f"resume from it. Train it again, {replace_it(run_path)}."
         ) from None
     return Checkpoint(tensors, meta)
 

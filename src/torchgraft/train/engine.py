@@ -32,6 +32,7 @@ from torchgraft.train.batches import BatchSource, Loader
 from torchgraft.train.callbacks import Callback, EpochRecord
 from torchgraft.train.checkpoint import (
     Checkpoint,
+    replace_it,
     restore_optimizer,
     restore_rng,
     save_checkpoint,
@@ -409,7 +410,7 @@ def refuse_non_finite(record: EpochRecord, run_path: Path) -> None:
     raise NonFiniteLoss(
         f"training stopped at epoch {record.epoch} ({record.phase} phase): the {losses}. "
         f"Its weights are discarded; {kept}. Train again with a lower {rate} (this epoch "
-        f"ended at {record.lr:.2e}) or with --grad-clip 1.0."
+        f"ended at {record.lr:.2e}) or with --grad-clip 1.0, {replace_it(run_path)}."
     )
 
 

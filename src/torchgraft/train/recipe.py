@@ -49,12 +49,7 @@ from torchgraft.train.callbacks import (
     MetricsCsv,
     TensorBoardLogger,
 )
-from torchgraft.train.checkpoint import (
-    Checkpoint,
-    has_checkpoint,
-    how_to_resume,
-    load_checkpoint,
-)
+from torchgraft.train.checkpoint import Checkpoint, how_to_resume, load_checkpoint
 from torchgraft.train.distributed import (
     Distributed,
     broadcast_float,
@@ -69,11 +64,12 @@ from torchgraft.train.lr_find import LrFindResult
 from torchgraft.train.optim import OptimizerSettings
 from torchgraft.train.phases import ImageSet, Phase, extend_plan, plan_phases, whole_network_epochs
 from torchgraft.train.setup import (
+    RESUME,
+    START_AGAIN,
     agree_on_decoded,
     create_run,
     decode_splits,
-    elastic_restart_of,
-    has_trained,
+    elastic_restart,
     loader_workers,
     record_skipped,
     refuse_existing_run,
@@ -92,16 +88,20 @@ def fit(config: RunConfig, callbacks: Sequence[Callback] = (), overwrite: bool =
 
     `callbacks` are the user's own (see `train.callbacks.Callback`), called after ours.
     A run named like an existing one is refused unless `overwrite`. Under a torchrun
-    restart, the named run resumes from its checkpoint instead of starting again.
+    restart, the named run this job started resumes from its checkpoint instead.
     """
     started = time.monotonic()  # a time limit counts from here: data and features included
-    restarted = elastic_restart_of(config.train.runs_dir, config.train.name)
-    if restarted is not None and has_checkpoint(restarted):
-        logger.warning("torchrun restarted the job: resuming %s from its checkpoint", restarted)
-        return resume(restarted, quiet=config.train.quiet, callbacks=callbacks)
-    # The failed attempt ended before its first epoch did: nothing in its folder to keep.
-    overwrite = overwrite or (restarted is not None and not has_trained(restarted))
-    refuse_existing_run(config.train.runs_dir, config.train.name, overwrite)
+    train = config.train
+    # The group is joined now, before anything is read, so that all ranks take rank 0's
+    # decision (training_session joins it again: a no-op, and leaves it at the end).
+    restart = elastic_restart(train.runs_dir, train.name, join_process_group())
+    if restart == RESUME:
+        path = Path(train.runs_dir, str(train.name))
+        logger.warning("torchrun restarted the job: resuming %s from its checkpoint", path)
+        return resume(path, quiet=train.quiet, callbacks=callbacks)
+    # This job's failed attempt ended before its first epoch did: nothing in it to keep.
+    overwrite = overwrite or restart == START_AGAIN
+    refuse_existing_run(train.runs_dir, train.name, overwrite)
     seed_everything(config.train)
     splits = load_run_splits(config)
     spec = get_spec(config.model.name)
@@ -123,14 +123,15 @@ def fit(config: RunConfig, callbacks: Sequence[Callback] = (), overwrite: bool =
         run = create_run(config, splits, preprocessing, context.is_main, overwrite)
         if context.world_size > 1:  # rank 0 chose the (unique) folder; everyone uses it
             run.path = Path(broadcast_text(str(run.path), context))
-        record_skipped(run, splits, decoded, write=context.is_main)
-        if sweep is not None and context.is_main:
-            keep_lr_sweep(run, sweep, config)
-        ours = build_callbacks(config, context.is_main, started, epochs_asked)
-        trainer = trainer_for(
-            run, config, model, splits, decoded, phases, device, context, [*ours, *callbacks]
-        )
-        run_trainer(trainer, None)
+        with saying_how_to_resume(run, context):
+            record_skipped(run, splits, decoded, write=context.is_main)
+            if sweep is not None and context.is_main:
+                keep_lr_sweep(run, sweep, config)
+            ours = build_callbacks(config, context.is_main, started, epochs_asked)
+            trainer = trainer_for(
+                run, config, model, splits, decoded, phases, device, context, [*ours, *callbacks]
+            )
+            run_trainer(trainer, None)
     return run
 
 
@@ -157,7 +158,7 @@ def resume(
             "the data changed since %s was trained; resuming on the data as it is now", run.path
         )
     model = build_model(config, run.info.preprocessing, run.info.num_classes, pretrained=False)
-    with training_session(config) as (context, config):
+    with training_session(config) as (context, config), saying_how_to_resume(run, context):
         device = place_model(model, config, context)
         preprocessing = run.info.preprocessing
         decoded = decode_splits(splits, preprocessing, config.data, config.train.quiet)
@@ -395,13 +396,20 @@ def trainer_for(
     )  # fmt: skip
 
 
-def run_trainer(trainer: Trainer, checkpoint: Checkpoint | None) -> None:
+@contextmanager
+def saying_how_to_resume(run: Run, context: Distributed) -> Iterator[None]:
+    """Ctrl-C or SIGTERM once the run's folder exists (while decoding, computing features or
+    training): say what the folder kept and how to go on with it, resumed or replaced."""
     try:
-        trainer.fit(checkpoint)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM
-        if trainer.distributed.is_main:
-            logger.warning("%s", how_to_resume(trainer.run.path))
+        yield
+    except KeyboardInterrupt:
+        if context.is_main:
+            logger.warning("%s", how_to_resume(run.path))
         raise
+
+
+def run_trainer(trainer: Trainer, checkpoint: Checkpoint | None) -> None:
+    trainer.fit(checkpoint)
     if trainer.stop_reason:
         logger.info("%s", trainer.stop_reason)
     best = next((cb for cb in trainer.callbacks if isinstance(cb, BestWeights)), None)

@@ -18,7 +18,6 @@ import torch
 
 from torchgraft.artifact import (
     RUN_FILE,
-    WEIGHTS_FILE,
     Preprocessing,
     Run,
     RunInfo,
@@ -32,7 +31,7 @@ from torchgraft.data.sources import printable
 from torchgraft.errors import UserError
 from torchgraft.models.registry import BackboneSpec
 from torchgraft.train.checkpoint import has_checkpoint
-from torchgraft.train.distributed import Distributed, gather_objects
+from torchgraft.train.distributed import Distributed, broadcast_text, gather_objects
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +83,7 @@ def create_run(
         config=to_dict(config),
         data_fingerprint=splits.fingerprint(),
         versions=library_versions(),
+        torchelastic_run_id=elastic_run_id(),
     )
     train = config.train
     if not write:
@@ -113,9 +113,19 @@ def reserve_run(info: RunInfo, runs_dir: Path, name: str | None, base: str, over
 
 
 def refuse_existing_run(runs_dir: str, name: str | None, overwrite: bool) -> None:
-    """Fail fast, before any data is read, when --name names a folder that exists."""
-    if name and not overwrite and (Path(runs_dir) / name).exists():
-        raise run_exists(Path(runs_dir) / name)
+    """Fail fast, on every rank and before any data is read: --name naming a folder that
+    exists (unless `overwrite` and it is a run), or `overwrite` with no --name."""
+    if overwrite and not name:
+        raise UserError(
+            "--overwrite replaces the run that --name names, and there is no --name (a run "
+            "without one gets a new folder of its own): pass --name NAME, or drop --overwrite"
+        )
+    path = Path(runs_dir) / name if name else None
+    if path is None or not path.exists():
+        return
+    if not overwrite:
+        raise run_exists(path)
+    refuse_unless_run(path)
 
 
 def run_exists(path: Path) -> UserError:
@@ -130,15 +140,20 @@ def remove_old_run(path: Path) -> None:
     old files beside new ones. Only a run (or an empty folder) is ever deleted."""
     if not path.exists():
         return
+    refuse_unless_run(path)  # checked again here: the folder may have changed since
+    trash = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.replaced-"))
+    path.rename(trash / path.name)
+    shutil.rmtree(trash)
+    logger.warning("--overwrite: removed the earlier run in %s", path)
+
+
+def refuse_unless_run(path: Path) -> None:
+    """--overwrite deletes only a run (or an empty folder), never someone's other files."""
     if not path.is_dir() or (any(path.iterdir()) and not (path / RUN_FILE).is_file()):
         raise UserError(
             f"{path} is not a torchgraft run (no {RUN_FILE}), so --overwrite leaves it alone: "
             "choose another --name or --runs-dir, or remove it yourself"
         )
-    trash = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.replaced-"))
-    path.rename(trash / path.name)
-    shutil.rmtree(trash)
-    logger.warning("--overwrite: removed the earlier run in %s", path)
 
 
 def automatic_name(model_name: str, source: str) -> str:
@@ -161,24 +176,57 @@ def unique_run_path(runs_dir: str, name: str | None, model_name: str, source: st
     return next(path for path in automatic_paths(Path(runs_dir), base) if not path.exists())
 
 
-def elastic_restart_of(runs_dir: str, name: str | None) -> Path | None:
-    """Under a torchrun restart (TORCHELASTIC_RESTART_COUNT > 0), the folder of the run the
-    failed attempt started, when --name says which it is."""
+RESUME = "resume"  # a torchrun restart continues its own run from the checkpoint
+START_AGAIN = "start again"  # its own run ended no epoch: replace it
+FIRST_START = ""  # no restart, or not of this run: refused or replaced as on a first start
+
+
+def elastic_run_id() -> str:
+    """This torchrun job's id (its rendezvous id), or "" outside torchrun and where it names
+    no job: without --rdzv-id, a multi-node torchrun calls every job "none"."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    return "" if run_id == "none" else run_id
+
+
+def elastic_restart(runs_dir: str, name: str | None, context: Distributed) -> str:
+    """What this start does with runs/<name>: RESUME, START_AGAIN or FIRST_START.
+
+    Rank 0 decides and the others take its word: ranks on nodes that saw the folder
+    differently would otherwise train different runs, and their collectives hang.
+    """
+    choice = own_run_after_restart(runs_dir, name) if context.is_main else FIRST_START
+    return broadcast_text(choice, context)
+
+
+def own_run_after_restart(runs_dir: str, name: str | None) -> str:
+    """Under a torchrun restart (TORCHELASTIC_RESTART_COUNT > 0), whether runs/<name> is the
+    run the failed attempt started: its graft.json records this job's id. Any other folder
+    is an old run of the same name, left to the first-start rules (refused, or replaced
+    with --overwrite). Never raises: under DDP the other ranks wait for the answer."""
     if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
-        return None
+        return FIRST_START
     if not name:
         logger.warning(
             "torchrun restarted this job, but without --name the run to resume is unknown: "
             "starting a new run. Pass --name so that a restart resumes it."
         )
-        return None
+        return FIRST_START
+    run_id = elastic_run_id()
+    if not run_id:
+        logger.warning(
+            "torchrun restarted this job, but the job has no id of its own, so its run cannot "
+            "be told from an old one: starting as if for the first time. Pass torchrun "
+            "--rdzv-id JOB_ID (unique to the job) so that a restart resumes it."
+        )
+        return FIRST_START
     path = Path(runs_dir) / name
-    return path if path.is_dir() else None
-
-
-def has_trained(path: Path) -> bool:
-    """Whether a run folder holds anything training made (weights or a checkpoint)."""
-    return (path / WEIGHTS_FILE).is_file() or has_checkpoint(path)
+    try:
+        recorded = Run.load(path).info.torchelastic_run_id
+    except (UserError, OSError):
+        return FIRST_START  # no folder, or no run in it: nothing of this job's
+    if recorded != run_id:
+        return FIRST_START
+    return RESUME if has_checkpoint(path) else START_AGAIN
 
 
 def decode_splits(

@@ -60,6 +60,7 @@ def _train(tmp_path: Path, extra: list[Callback], **settings: Any) -> Path:
     with pytest.raises(GraftRuntimeError) as stopped:
         api.train(data, callbacks=extra, **{**options, **settings})
     assert "stopped at epoch 2" in str(stopped.value) and "--lr" in str(stopped.value)
+    assert "--name run --overwrite" in str(stopped.value)  # the name is taken: how to retrain
     return tmp_path / "runs" / "run"
 
 
