@@ -26,10 +26,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from torchgraft.data.decode import DEFAULT_FORMATS
 from torchgraft.testing import class_image
 
 CLASSES = ("circle", "square", "triangle")
-ALLOWED_EXTENSIONS = (".jpg", ".png", ".webp", ".bmp", ".gif", ".tiff")
+# The extension each format's files carry here, for every format decoded by default.
+EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif",
+              "TIFF": ".tiff"}  # fmt: skip
+ALLOWED_EXTENSIONS = tuple(EXTENSIONS[name] for name in DEFAULT_FORMATS)
 # Declared (width, height) pairs a header is rewritten to: over the pixel limit, too thin,
 # empty, and a 12-megapixel phone photo's size (decoded in full from a 1 KB file, 0.2 s each).
 EXTREME_SIZES = ((65535, 65535), (65535, 1), (1, 65535), (0, 0), (4000, 3000), (3, 40000))
@@ -242,12 +246,9 @@ def thin_images() -> dict[str, tuple[str, bytes]]:
                 _encode(strip, "TIFF", compression="tiff_lzw"),
             )
     dot = Image.new("RGB", (1, 1), (40, 40, 230))
-    for extension, format_name in zip(ALLOWED_EXTENSIONS, _FORMAT_NAMES, strict=True):
-        files[f"{format_name.lower()}_1x1"] = (extension, _encode(dot, format_name))
+    for format_name in DEFAULT_FORMATS:
+        files[f"{format_name.lower()}_1x1"] = (EXTENSIONS[format_name], _encode(dot, format_name))
     return files
-
-
-_FORMAT_NAMES = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 
 
 # ---------------------------------------------------------------------------- the corpus

@@ -295,8 +295,19 @@ def _check_settings(
         raise UserError(f"max_distance must be between 0 and 64 bits, got {max_distance}.")
     if min_size is not None and min_size < 1:
         raise UserError(f"min_size must be at least 1 pixel, got {min_size}.")
-    if image_size is not None and image_size < 8:
-        raise UserError(f"image_size must be at least 8 pixels, got {image_size}.")
+    smallest = _smallest_image_size()
+    if image_size is not None and image_size < smallest:
+        raise UserError(f"image_size must be at least {smallest} pixels, got {image_size}.")
+
+
+def _smallest_image_size() -> int:
+    """Training's own lower bound on image_size (DataConfig's), so the two cannot drift."""
+    from torchgraft.config import DataConfig
+
+    (image_size,) = (
+        field for field in dataclasses.fields(DataConfig) if field.name == "image_size"
+    )
+    return int(image_size.metadata["minimum"])
 
 
 def _is_automatic_split(source: str) -> bool:

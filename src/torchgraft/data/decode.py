@@ -35,8 +35,8 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from torchgraft.errors import UserError, did_you_mean
 
-# Pillow's own guard (about 89 megapixels) against decompression bombs, enforced as an error.
-MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+# Pillow's default guard against decompression bombs (about 89 megapixels), as an error.
+MAX_PIXELS = 89_478_485
 # Longer side over shorter side. Photos are 4:3 to 16:9, phone panoramas about 4:1, and a
 # stitched 360-degree panorama rarely passes 10:1; past 50:1 a file is a strip or a line
 # (or a header that lies), with nothing a classifier could see in a square input.
@@ -51,6 +51,17 @@ EXTRA_FORMATS_VARIABLE = "TORCHGRAFT_EXTRA_IMAGE_FORMATS"
 REFUSED_FORMATS = {"EPS": "Pillow runs Ghostscript, a PostScript interpreter, to read it"}
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _PREFIX_BYTES = 16  # what Pillow's format checks look at (Image.open reads as many)
+
+# Pillow raises DecompressionBombError past twice MAX_IMAGE_PIXELS, and checks the size of
+# images embedded in a file (an ICO's PNG, a GIF frame) that no header check here can see.
+# Set once, at import, so that its error falls at MAX_PIXELS: changing warning filters per
+# decode instead is process-global and not thread-safe, and the server decodes in threads.
+Image.MAX_IMAGE_PIXELS = (MAX_PIXELS + 1) // 2
+# Below its error Pillow only warns; the limit here is MAX_PIXELS, so that warning is noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Pillow's remarks on a corrupt file (a TIFF tag past the end...): the file is used or skipped
+# with a reason either way, so they are noise on the terminal too.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 
 class UnreadableImage(Exception):
@@ -148,26 +159,22 @@ def _decode(
 ) -> tuple[torch.Tensor, ImageInfo]:
     formats = allowed_formats()  # outside the try: a bad setting is the user's, not the file's
     try:
-        with warnings.catch_warnings():
-            # Pillow only warns between 1x and 2x its limit, also for images embedded in a file.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            # Pillow's remarks on a corrupt file (a TIFF tag past the end...): the file is
-            # used or skipped with a reason either way, so they are noise on the terminal.
-            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
-            with _open(source, path, formats) as image:  # reads the header only
-                info = ImageInfo(image.width, image.height, image.mode, image.format or "?")
-                check_declared_size(path, image.size, max_pixels)
-                image.seek(0)  # the first frame of an animation or a multi-page TIFF
-                check_declared_size(path, image.size, max_pixels)  # a frame has its own size
-                if draft_size is not None:  # a no-op for formats other than JPEG
-                    image.draft("L" if channels == 1 else "RGB", (draft_size, draft_size))
-                ImageOps.exif_transpose(image, in_place=True)  # decodes; no copy when upright
-                image.load()
-                check_declared_size(path, image.size, max_pixels)  # what the decoder made
-                return pil_to_tensor(image, channels), info
+        with _open(source, path, formats) as image:  # reads the header only
+            info = ImageInfo(image.width, image.height, image.mode, image.format or "?")
+            check_declared_size(path, image.size, max_pixels)
+            image.seek(0)  # the first frame of an animation or a multi-page TIFF
+            check_declared_size(path, image.size, max_pixels)  # a frame has its own size
+            if draft_size is not None:  # a no-op for formats other than JPEG
+                image.draft("L" if channels == 1 else "RGB", (draft_size, draft_size))
+            ImageOps.exif_transpose(image, in_place=True)  # decodes; no copy when upright
+            image.load()
+            # What the decoder made, which for an embedded image (ICO, BLP) is not
+            # necessarily what the container declared.
+            check_declared_size(path, image.im.size, max_pixels)
+            return pil_to_tensor(image, channels), info
     except UnreadableImage:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise TooManyPixels(path, f"decompression bomb (over {MAX_PIXELS} pixels)") from None
     except Exception as error:  # any decoder bug a hostile file trips is still the file's fault
         raise UnreadableImage(path, decoder_failure(error)) from None
@@ -228,7 +235,7 @@ def check_declared_size(path: Path, size: tuple[int, int], max_pixels: int = MAX
         raise UnreadableImage(
             path,
             f"{width}x{height} pixels: too thin to classify (sides in a ratio over "
-            f"{MAX_ASPECT_RATIO}:1)",
+            f"{MAX_ASPECT_RATIO}:1); crop it to the part worth classifying, or leave it out",
         )
 
 
@@ -269,12 +276,18 @@ def pil_to_tensor(image: Image.Image, channels: int) -> torch.Tensor:
 def lab_to_srgb(image: Image.Image) -> Image.Image:
     """A CIE LAB image (TIFF's CIELab) in sRGB, through Pillow's colour management: Pillow's
     `convert` has no LAB -> L, so without this a LAB file is readable in RGB only."""
-    transform = ImageCms.buildTransform(
-        ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
-    )
-    converted = ImageCms.applyTransform(image, transform)
+    converted = ImageCms.applyTransform(image, _lab_to_srgb_transform())
     assert converted is not None  # None only when converting in place
     return converted
+
+
+@functools.cache
+def _lab_to_srgb_transform() -> ImageCms.ImageCmsTransform:
+    """Built once: making the two profiles and the transform costs more than applying it to a
+    small image. (LittleCMS transforms may be applied from several threads at once.)"""
+    return ImageCms.buildTransform(
+        ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
+    )
 
 
 def _to_8_bit(image: Image.Image) -> Image.Image:

@@ -291,7 +291,12 @@ def _read_label_rows(path: Path) -> list[_LabelRow]:
             rows: list[object] = [dict(row) for row in csv.DictReader(text.splitlines())]
         else:
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except UnicodeDecodeError as error:  # Latin-1 or UTF-16, as some spreadsheets save
+        raise UserError(
+            f"cannot read {path}: it is not UTF-8 (byte {error.start} is "
+            f"{error.object[error.start : error.start + 1]!r}); save the file as UTF-8"
+        ) from None
+    except (OSError, json.JSONDecodeError) as error:
         raise UserError(f"cannot read {path}: {error}") from None
     if not rows:
         raise UserError(f"{path} lists no images: expected rows of path,label")

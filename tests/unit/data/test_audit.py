@@ -296,3 +296,14 @@ def test_bundled_mnist_is_audited_from_memory() -> None:
 def test_bad_input_is_a_user_error(source: str, settings: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
         audit(source, quiet=True, **settings)
+
+
+def test_the_image_size_bound_is_trainings_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from torchgraft.config import DataConfig
+
+    (field,) = (f for f in dataclasses.fields(DataConfig) if f.name == "image_size")
+    monkeypatch.setattr(field, "metadata", {**field.metadata, "minimum": 16})
+    with pytest.raises(UserError, match="image_size must be at least 16 pixels, got 12"):
+        audit("mnist5k", workers=0, quiet=True, image_size=12)

@@ -1,17 +1,19 @@
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import EpsImagePlugin, Image, ImageFile
+from PIL import EpsImagePlugin, Image, ImageCms, ImageFile, ImageOps
 from torchvision.transforms import v2
 
 from tests.fuzz_corpus import with_declared_size
-from torchgraft.data import array_to_tensor, load_image, pil_to_tensor, resize_transform
+from torchgraft.data import array_to_tensor, decode, load_image, pil_to_tensor, resize_transform
 from torchgraft.data.decode import (
     EXTRA_FORMATS_VARIABLE,
     MAX_ASPECT_RATIO,
+    MAX_PIXELS,
     TooManyPixels,
     UnreadableImage,
     decode_bytes,
@@ -195,3 +197,61 @@ def test_sixteen_bit_images_scale_to_eight_bits() -> None:
     assert pil_to_tensor(image, 1).flatten().tolist() == [0, 128, 255]
     floats = Image.fromarray(np.array([[0.0, np.nan, 1.0]], dtype=np.float32))
     assert pil_to_tensor(floats, 1).flatten().tolist() == [0, 0, 255]
+
+
+def test_the_aspect_refusal_says_how_to_get_past_it(tmp_path: Path) -> None:
+    strip = _write(tmp_path / "strip.png", Image.new("L", (MAX_ASPECT_RATIO + 1, 1), 200), "PNG")
+    with pytest.raises(UnreadableImage, match=r"crop it .* or leave it out"):
+        load_image(strip, 3)
+
+
+def test_decoding_leaves_the_warning_filters_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server decodes in threads: a decode that swapped the process-wide filters in and out
+    would drop whatever another thread set meanwhile (simulated here, mid-decode)."""
+    marker = ("ignore", None, Warning, None, 0)
+    transpose = ImageOps.exif_transpose
+
+    def another_thread_sets_a_filter(image: Image.Image, **options: bool) -> None:
+        warnings.filters.insert(0, marker)  # type: ignore[arg-type]
+        transpose(image, **options)
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", another_thread_sets_a_filter)
+    with warnings.catch_warnings():  # this test's own tidy-up
+        decode_bytes(encoded_image("PNG", size=8), 3)
+        assert marker in warnings.filters
+
+
+def test_pillows_bomb_error_falls_at_the_pixel_limit() -> None:
+    """So that images embedded in a file, which only Pillow sees before decoding, are refused at
+    the same limit, with no warning filter set per decode."""
+    assert Image.MAX_IMAGE_PIXELS is not None
+    assert MAX_PIXELS <= 2 * Image.MAX_IMAGE_PIXELS <= MAX_PIXELS + 1
+
+
+def test_the_lab_colour_transform_is_built_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[str] = []
+    build = ImageCms.buildTransform
+    monkeypatch.setattr(
+        ImageCms, "buildTransform", lambda *a, **k: built.append("built") or build(*a, **k)
+    )
+    decode._lab_to_srgb_transform.cache_clear()
+    lab = Image.merge("LAB", Image.new("RGB", (8, 8), (120, 60, 200)).split())
+    for index in range(3):
+        load_image(_write(tmp_path / f"lab{index}.tiff", lab, "TIFF"), 3)
+    assert built == ["built"]
+
+
+def test_an_embedded_image_bigger_than_the_limit_is_refused_after_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An ICO's directory says 16x16 while the PNG inside is 400x400: the limit holds for what
+    the decoder made, not only for what the container declared."""
+    monkeypatch.setenv(EXTRA_FORMATS_VARIABLE, "ICO")
+    inner = encoded_image("PNG", size=400)
+    directory = struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(inner), 22)
+    icon = struct.pack("<HHH", 0, 1, 1) + directory + inner
+    with pytest.raises(TooManyPixels):
+        decode_bytes(icon, 3, "icon.ico", max_pixels=100_000)
+    assert decode_bytes(icon, 3, "icon.ico")[0].shape == (3, 400, 400)

@@ -1,6 +1,8 @@
 import hashlib
 import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from torchgraft.data.hashing import (
     hamming_distance,
     near_duplicate_pairs,
     perceptual_hash,
+    pixel_spreads,
 )
 from torchgraft.testing import class_image
 
@@ -157,3 +160,31 @@ def test_fingerprint_arrays_matches_hashing_each_image() -> None:
     assert [f.phash for f in fingerprints] == expected
     assert {(f.width, f.height, f.mode) for f in fingerprints} == {(32, 32, "L")}
     assert len({f.digest for f in fingerprints}) == 3
+
+
+def test_spread_is_each_channels_standard_deviation() -> None:
+    pictures = np.stack([photo()[:40, :40], class_image(2, 40, seed=3)])
+    images = torch.from_numpy(pictures).permute(0, 3, 1, 2)
+    expected = images.reshape(2, 3, -1).double().std(dim=2, correction=0).amax(dim=1)
+    assert pixel_spreads(images) == pytest.approx(expected.numpy(), abs=1e-9)
+
+
+# Hashes, thumbnail and spread of a 3x4000x4000 image in a fresh process; prints how many
+# bytes the peak resident set grew by past the image itself.
+_FINGERPRINT_MEMORY = """
+import resource, torch
+from torchgraft.data.hashing import perceptual_hashes, pixel_spreads, thumbnails
+images = torch.randint(0, 256, (1, 3, 4000, 4000), dtype=torch.uint8)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+perceptual_hashes(images), thumbnails(images), pixel_spreads(images)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_fingerprinting_a_big_image_takes_one_float_plane_not_three_channels() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _FINGERPRINT_MEMORY], capture_output=True, text=True, check=True
+    )
+    grown = int(done.stdout.split()[-1])
+    plane = 4000 * 4000 * 4  # one float32 luma plane: 64 MB (three float channels: 192 MB)
+    assert grown < 2.5 * plane, f"peak grew by {grown / 2**20:.0f} MB"

@@ -190,3 +190,14 @@ def test_the_fingerprint_survives_a_file_name_that_is_not_utf8(tmp_path: Path) -
     splits = load_data(str(tmp_path))
     assert odd in [*splits.train.images, *splits.val.images]
     assert len(splits.fingerprint()) == 16
+
+
+def test_a_latin1_label_file_is_told_to_be_saved_as_utf8(tmp_path: Path) -> None:
+    rows = labelled_rows(tmp_path)
+    labels = write_labels(
+        tmp_path, ["path,label,split", rows[0].replace(",a,", ",café,")], "latin-1"
+    )
+    with pytest.raises(
+        UserError, match=r"not UTF-8 \(byte \d+ is b'\\xe9'\); save the file as UTF-8"
+    ):
+        load_data(str(labels))
