@@ -58,11 +58,14 @@ def test_cpp_example_prints_the_same_top1_as_python(
     model = api.export(run, "aoti", quiet=True).folder / "model.pt2"
 
     # Validation images at the training size, as exports/README.md says to write them.
+    # The C++ program reads PPM; Python reads the same pixels as PNG (PPM is not among the
+    # formats torchgraft decodes by default).
     images = []
     for index, pixels in enumerate(parity_images(run, quiet=True).pixels[:4]):
         images.append(tmp_path / f"image{index}.ppm")
         Image.fromarray(pixels.transpose(1, 2, 0)).save(images[-1])
-    expected = api.predict(run, [str(path) for path in images], top_k=1)
+        Image.fromarray(pixels.transpose(1, 2, 0)).save(images[-1].with_suffix(".png"))
+    expected = api.predict(run, [str(path.with_suffix(".png")) for path in images], top_k=1)
     for path, prediction in zip(images, expected, strict=True):
         result = classify(program, model, path)
         assert result.returncode == 0, result.stderr
