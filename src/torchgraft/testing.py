@@ -6,6 +6,7 @@ tell them apart in a few steps, while the images still go through real files and
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,15 @@ def class_image(label: int, size: int = 32, seed: int = 0) -> np.ndarray:
     texture = np.asarray(coarse.resize((size, size), Image.Resampling.BICUBIC), np.float32)
     image = image + (texture[..., None] - 128) * 0.3 + rng.normal(0, 8, image.shape)
     return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """The sha256 of every file under `folder`, by relative path: to show a run untouched."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 def make_image_folder(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import subprocess
@@ -13,6 +12,7 @@ import pytest
 import torch
 
 from tests.e2e.runner import graft
+from torchgraft.testing import file_hashes
 
 
 def test_help_explains_every_option() -> None:
@@ -161,14 +161,6 @@ def test_evaluate_runs_on_the_device_it_is_given(tiny_run: Path) -> None:
         assert on_gpu.returncode == 2 and "cuda: torch sees no CUDA device" in on_gpu.stderr
 
 
-def _hashes(folder: Path) -> dict[str, str]:
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
-
-
 def test_training_twice_under_one_name_leaves_the_first_run_intact(tmp_path: Path) -> None:
     from torchgraft.testing import make_image_folder
 
@@ -177,12 +169,12 @@ def test_training_twice_under_one_name_leaves_the_first_run_intact(tmp_path: Pat
              "--no-report", "--quiet")  # fmt: skip
     assert graft(*train, cwd=tmp_path).returncode == 0
     run = tmp_path / "runs" / "x"
-    before = _hashes(run)
+    before = file_hashes(run)
     assert "model.safetensors" in before and "checkpoints/last.json" in before
 
     again = graft(*train, "--epochs", "2", cwd=tmp_path)
     assert again.returncode == 2
-    assert _hashes(run) == before
+    assert file_hashes(run) == before
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["x"]
     message = again.stderr.strip()
     assert len(message.splitlines()) == 1 and "Traceback" not in again.stderr

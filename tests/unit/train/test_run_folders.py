@@ -5,7 +5,6 @@ job started (never an old one), and an interruption says how to go on."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch.multiprocessing as mp
 from torchgraft import api
 from torchgraft.artifact import Preprocessing, Run, RunInfo
 from torchgraft.errors import UserError
-from torchgraft.testing import make_image_folder
+from torchgraft.testing import file_hashes, make_image_folder
 from torchgraft.train import callbacks, recipe
 from torchgraft.train.distributed import Distributed
 from torchgraft.train.setup import (
@@ -32,14 +31,6 @@ from torchgraft.train.setup import (
 
 def _info() -> RunInfo:
     return RunInfo("mlp", ["a", "b"], ["a", "b"], Preprocessing(8, "pad", (0.5,), (0.5,), 1))
-
-
-def _hashes(folder: Path) -> dict[str, str]:
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
 
 
 def test_runs_started_together_get_folders_of_their_own(tmp_path: Path) -> None:
@@ -60,13 +51,13 @@ def test_runs_started_together_get_folders_of_their_own(tmp_path: Path) -> None:
 def test_a_named_run_that_exists_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
     old = reserve_run(_info(), tmp_path, "flowers", "unused", overwrite=False)
     old.save_weights({})
-    before = _hashes(old.path)
+    before = file_hashes(old.path)
     with pytest.raises(UserError) as refused:
         reserve_run(_info(), tmp_path, "flowers", "unused", overwrite=False)
     message = str(refused.value)
     assert "--resume" in message and "--name" in message and "--overwrite" in message
     assert "\n" not in message
-    assert _hashes(old.path) == before
+    assert file_hashes(old.path) == before
 
 
 def test_overwrite_replaces_a_run_and_leaves_nothing_of_it(tmp_path: Path) -> None:
@@ -164,11 +155,11 @@ def test_a_torchrun_restart_leaves_an_old_run_of_the_same_name_alone(
         api.train(data, **{**_settings(tmp_path), "epochs": 1})
     else:
         Run.create(old, _info())  # trained outside torchrun, stopped before its first epoch
-    before = _hashes(old)
+    before = file_hashes(old)
     _restarted(monkeypatch, "job-7")
     with pytest.raises(UserError, match="elastic already exists"):
         api.train(data, **_settings(tmp_path))
-    assert _hashes(old) == before
+    assert file_hashes(old) == before
 
 
 def test_a_job_without_an_id_of_its_own_never_takes_a_run_for_its_own(
