@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -422,13 +422,15 @@ def _near_duplicates(
         if thumbnail_distance(scans[a].thumbnail, scans[b].thumbnail) <= THUMBNAIL_TOLERANCE:
             links.append((a, b, int(np.bitwise_count(hashes[first] ^ hashes[second]))))
     groups = [
-        _duplicates(members, items, class_names, distance)
-        for members, distance in _linked_groups(links)
+        _duplicates(members, items, class_names, int(distance))
+        for members, distance in linked_groups(links)
     ]
     return sorted(groups, key=lambda group: (group.distance, group.files))
 
 
-def _linked_groups(links: list[tuple[int, int, int]]) -> list[tuple[list[int], int]]:
+def linked_groups(
+    links: Sequence[tuple[int, int, float]],
+) -> list[tuple[list[int], float]]:
     """The connected groups of (a, b, distance) links (union-find), each as its sorted members
     and its largest link distance."""
     parent: dict[int, int] = {}
@@ -445,7 +447,7 @@ def _linked_groups(links: list[tuple[int, int, int]]) -> list[tuple[list[int], i
     members: dict[int, list[int]] = {}
     for node in parent:
         members.setdefault(root(node), []).append(node)
-    widest: dict[int, int] = {}
+    widest: dict[int, float] = {}
     for a, _, distance in links:
         widest[root(a)] = max(widest.get(root(a), 0), distance)
     return [(sorted(group), widest[top]) for top, group in members.items()]

@@ -102,22 +102,25 @@ def cached_features(
 ) -> TensorDataset:
     """Features of `dataset`, from `cache_dir/features/<key>` when there, computed otherwise.
     (The decoding pass before it, over the same cache folder, removed stale temporaries.)"""
-    root = cache_dir if key else None
-    path = root / "features" / f"{key}.safetensors" if root else None
+    path = entry_path(cache_dir, key) if cache_dir is not None and key else None
     if path is not None:
-        stored = _read_entry(path, labels_of(dataset))
+        stored = read_entry(path, labels_of(dataset))
         if stored is not None:
             logger.info("feature cache hit: %s (%d images)", path, len(stored))
             return stored
     loader = make_loader(dataset, batch_size, False, 0)
     computed = compute_features(model, loader, device, description=description, quiet=quiet)
     if path is not None:
-        _write_entry(path, *computed.tensors)
-        enforce_limit(path.parent.parent)
+        write_entry(path, *computed.tensors)
     return computed
 
 
-def _read_entry(path: Path, labels: np.ndarray | None) -> TensorDataset | None:
+def entry_path(cache_dir: Path, key: str) -> Path:
+    """Where the features under `key` are kept in the cache folder."""
+    return cache_dir / "features" / f"{key}.safetensors"
+
+
+def read_entry(path: Path, labels: np.ndarray | None) -> TensorDataset | None:
     """A verified entry, or None: missing, or damaged (one warning; the caller recomputes
     and its new file replaces this one)."""
     if not path.is_file():
@@ -143,11 +146,13 @@ def _read_entry(path: Path, labels: np.ndarray | None) -> TensorDataset | None:
     return entry
 
 
-def _write_entry(path: Path, features: torch.Tensor, labels: torch.Tensor) -> None:
+def write_entry(path: Path, features: torch.Tensor, labels: torch.Tensor) -> None:
+    """Store an entry (atomically), then keep the cache folder within its size cap."""
     tensors = {"features": features.contiguous(), "labels": labels.contiguous()}
     metadata = {"format": str(FEATURE_FORMAT), "checksum": _checksum(*tensors.values())}
     with cache_write(path) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
+    enforce_limit(path.parent.parent)
 
 
 def _checksum(*tensors: torch.Tensor) -> str:

@@ -251,4 +251,4 @@ def test_damaged_feature_entries_are_recomputed_with_one_warning_each(
         after = load_tensors(entry)
         torch.testing.assert_close(after["features"], before["features"], rtol=1e-4, atol=1e-5)
         assert torch.equal(after["labels"], before["labels"])
-        assert features._read_entry(entry, before["labels"].numpy()) is not None
+        assert features.read_entry(entry, before["labels"].numpy()) is not None
