@@ -31,7 +31,7 @@ def test_training_leaves_out_what_doctor_found(
         cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "excluding 2 files listed in" in result.stderr and "2 train, 0 val" in result.stderr
+    assert "excluding 2 file(s) listed in" in result.stderr and "2 train, 0 val" in result.stderr
     info = json.loads((tmp_path / "runs/clean/graft.json").read_text())
     assert info["data_summary"] == {
         "train_images": 12, "val_images": 4, "skipped": 0, "excluded": 2,

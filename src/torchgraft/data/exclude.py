@@ -85,7 +85,7 @@ def drop_files(splits: DataSplits, names: set[str], listed_in: str | Path) -> Da
         _refuse_empty(split_name, kept[split_name], listed_in)
     dropped = {name: len(getattr(splits, name)) - len(kept[name]) for name in kept}
     logger.info(
-        "excluding %d files listed in %s: %s", sum(dropped.values()), listed_in,
+        "excluding %d file(s) listed in %s: %s", sum(dropped.values()), listed_in,
         ", ".join(f"{count} {name}" for name, count in dropped.items()),
     )  # fmt: skip
     _warn_absent([name for key, name in wanted.items() if key not in found], listed_in, root)
@@ -111,7 +111,7 @@ def _warn_absent(absent: list[str], listed_in: str | Path, root: Path) -> None:
     """One warning for listed files the data does not hold (it changed since doctor ran)."""
     if absent:
         logger.warning(
-            "%d files listed in %s are not in the data (names are relative to %s, or "
+            "%d file(s) listed in %s are not in the data (names are relative to %s, or "
             "absolute), e.g. %s; the data may have changed since the list was written",
             len(absent), listed_in, root, printable(sorted(absent)[0]),
         )  # fmt: skip

@@ -129,9 +129,9 @@ def test_absolute_names_match_and_absent_ones_are_one_warning(
         splits = apply_exclusions(load_data(str(folder)), listed)
     assert "train/a/a_001.png" not in names_in(splits, "train")
     assert names_in(splits, "val") == {"val/a/a_000.png"}
-    assert "excluding 2 files listed in" in caplog.text and "1 train, 1 val" in caplog.text
+    assert "excluding 2 file(s) listed in" in caplog.text and "1 train, 1 val" in caplog.text
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert "2 files listed in" in warning and "not in the data" in warning
+    assert "2 file(s) listed in" in warning and "not in the data" in warning
     assert "train/a/gone.png" in warning
 
 
