@@ -1,5 +1,6 @@
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -208,3 +209,11 @@ def test_bundled_sets_have_no_files_to_exclude(tmp_path: Path) -> None:
     digits = DataSplits("digits", ["0", "1"], images, images, channels=1)  # as load_data's
     with pytest.raises(UserError, match="digits is a bundled set of in-memory images"):
         apply_exclusions(digits, listed)
+
+
+def test_a_name_that_is_not_utf8_matches_as_doctor_writes_it(folder: Path, tmp_path: Path) -> None:
+    latin = folder / "train" / "a" / os.fsdecode(b"caf\xe9.png")  # Latin-1, as old cameras
+    shutil.copy(folder / "train/a/a_001.png", latin)
+    report = {"unreadable": [{"file": "train/a/caf\\xe9.png", "split": "train"}]}
+    splits = apply_exclusions(load_data(str(folder)), write_json(tmp_path / "issues.json", report))
+    assert latin not in splits.train.images and splits.excluded == 1
