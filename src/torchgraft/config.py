@@ -17,6 +17,7 @@ values and a close-match suggestion. Everything downstream can trust the result.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -43,6 +44,12 @@ def _choice(default: str, choices: tuple[str, ...]) -> Any:
     return field(default=default, metadata={"choices": choices})
 
 
+def _path() -> Any:
+    # Made absolute when the config is read, so a run resumed (or evaluated) from another
+    # directory still finds the file its config names.
+    return field(default=None, metadata={"path": True})
+
+
 def _at_least(default: float | int | None, minimum: float, maximum: float | None = None) -> Any:
     return field(default=default, metadata={"minimum": minimum, "maximum": maximum})
 
@@ -62,6 +69,7 @@ class DataConfig:
     cache_dir: str | None = (
         None  # disk cache folder; None: $TORCHGRAFT_CACHE or ~/.cache/torchgraft
     )
+    exclude: str | None = _path()  # graft doctor --json output or a CSV: files to leave out
 
 
 @dataclass
@@ -180,6 +188,8 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
                 values[key] = "auto"  # resolved later, by measurement (the lr finder)
                 continue
             values[key] = _check_value(name, _coerce(name, value, hint), metadata)
+            if metadata.get("path") and values[key] is not None:
+                values[key] = os.path.abspath(os.path.expanduser(values[key]))
     return cls(**values)
 
 

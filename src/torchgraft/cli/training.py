@@ -148,6 +148,19 @@ def train(
             "(cat_to_name.json; default: folder names).",
         ),
     ] = None,
+    exclude: Annotated[
+        str | None,
+        option(
+            "data.exclude",
+            "Leave out the files listed in this file: `graft doctor DATA --json` output or a CSV. "
+            "From the report: unreadable, blank, label-issue and outlier files, and every copy "
+            "but one of each duplicate group (a val or test copy kept when the copies span "
+            "splits); tiny images stay. From a CSV: the file (or path) column, else the first; "
+            "header optional. Names relative to DATA, or absolute; listed files the data no "
+            "longer holds are counted in a warning. Recorded in the run, so --resume and "
+            "evaluation leave out the same files (default: none).",
+        ),
+    ] = None,
     num_workers: Annotated[
         int | None,
         option(

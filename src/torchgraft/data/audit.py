@@ -41,6 +41,7 @@ from torchgraft.data.sources import (
     BUNDLED_SETS,
     VAL_FOLDER_NAMES,
     DataSplits,
+    data_folder,
     load_data,
     printable,
 )
@@ -328,8 +329,7 @@ def _split_names(data: DataSplits) -> list[str]:
 
 def _items(data: DataSplits, automatic: bool) -> tuple[list[_Item], list[Path] | np.ndarray]:
     """Every image of every split, named for the report, and the images to decode."""
-    root = Path(data.source).expanduser()
-    root = root if root.is_dir() else root.parent  # a label file names paths from its folder
+    root = data_folder(data.source)
     items: list[_Item] = []
     arrays: list[np.ndarray] = []
     paths: list[Path] = []

@@ -53,6 +53,7 @@ class DataSplits:
     test: LabeledImages | None = None
     channels: int = 3  # 1 when every image is grayscale (the bundled digit sets)
     native_size: int | None = None  # side length of the images when they all share one
+    excluded: int | None = None  # files data.exclude left out; None: no exclusion asked for
 
     def missing_classes(self) -> dict[str, list[str]]:
         """Per split, the classes with no images there (a class present in one split only)."""
@@ -99,6 +100,13 @@ def printable(text: str) -> str:
     to JSON; reports and skipped.csv name the file this way instead.
     """
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def data_folder(source: str) -> Path:
+    """The folder a source's file names are relative to: the folder itself, or a label
+    file's folder (its paths are relative to it)."""
+    path = Path(source).expanduser()
+    return path if path.is_dir() else path.parent
 
 
 def load_data(source: str, val_fraction: float = 0.2, seed: int = 0) -> DataSplits:

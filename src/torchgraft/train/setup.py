@@ -274,6 +274,7 @@ def record_skipped(
     run.info.data_summary = {
         **{f"{name}_images": len(result.kept) for name, result in decoded.items()},
         "skipped": sum(len(result.skipped) for result in decoded.values()),
+        **({"excluded": splits.excluded} if splits.excluded is not None else {}),
     }
     if write:
         buffer = io.StringIO()
