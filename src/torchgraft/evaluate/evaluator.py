@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,14 @@ from torchgraft.data import (
 from torchgraft.devices import resolve_device
 from torchgraft.errors import UserError
 from torchgraft.evaluate.calibration import expected_calibration_error, fit_temperature
+from torchgraft.evaluate.familiar import (
+    REFERENCE_IMAGES,
+    FamiliarSummary,
+    calibrate,
+    reference_sample,
+    save_familiarity,
+    weights_digest,
+)
 from torchgraft.evaluate.figures import reliability_bins
 from torchgraft.evaluate.metrics import Metrics, classification_metrics
 from torchgraft.evaluate.tta import apply_view, tta_views
@@ -69,6 +78,7 @@ class Evaluation:
     reliability: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # bins
     device: str = "cpu"  # where the model ran
     precision: str = "fp32"  # ... and in which precision (precision.choose_precision)
+    familiar: FamiliarSummary | None = None  # the unfamiliar-input threshold (validation only)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -85,6 +95,7 @@ class Scored:
     sources: list[str]  # per image: the file, or a description for bundled arrays
     dataset: Any  # yields (uint8 image at the training size, label), for the gallery
     model: GraftedClassifier  # the run's model, loaded once, for the gallery's Grad-CAM
+    embeddings: torch.Tensor  # (N, D) of the plain view (GraftedClassifier.embedding_and_logits)
     precision: str = "fp32"  # the precision the logits were computed in
 
 
@@ -105,10 +116,11 @@ def evaluate_run(
     views = tta_views(run.info.config.get("data", {}).get("augment", "none")) if tta else []
     scored = score_images(run, images, views or ["plain"], quiet, chosen)
     plain, labels = scored.view_logits[0], scored.labels
-    temperature = run.info.temperature
+    temperature, familiar = run.info.temperature, None
     if data is None:  # calibrate only on the validation split, never on a test set
         temperature = fit_temperature(plain, labels)
         run.info.temperature = temperature
+        familiar = fit_familiarity(run, scored.embeddings, quiet, chosen)
     probabilities = calibrated_probabilities(scored.view_logits, temperature).mean(0)
     metrics = classification_metrics(probabilities, labels, run.info.display_names)
     # The plain view before and after T: the two ECE numbers and the reliability diagram.
@@ -120,13 +132,39 @@ def evaluate_run(
         views, accuracy(plain, labels),
         top_losses(probabilities, labels, scored.sources, run.info.display_names),
         {"before": reliability_bins(before, labels), "after": reliability_bins(after, labels)},
-        str(chosen), scored.precision,
+        str(chosen), scored.precision, familiar,
     )  # fmt: skip
     run.info.metrics = {**run.info.metrics, "evaluated_accuracy": metrics.accuracy}
+    if familiar is not None:
+        run.info.metrics["unfamiliar_threshold"] = familiar.threshold
     run.save_info()
     write_outputs(run, evaluation, scored, quiet)
     atomic_write_bytes(run.path / METRICS_FILE, json.dumps(evaluation.to_dict(), indent=2).encode())
     return evaluation
+
+
+def fit_familiarity(
+    run: Run, validation: torch.Tensor, quiet: bool, device: torch.device
+) -> FamiliarSummary:
+    """Build and save the run's reference set for unfamiliar inputs (evaluate.familiar):
+    the embeddings of a stratified sample of its training images, with the threshold
+    calibrated on the validation images' `validation` embeddings."""
+    started = time.perf_counter()
+    config = config_from_dict(run.info.config)
+    train = load_run_splits(config).train
+    sample = train.subset(reference_sample(train.labels, REFERENCE_IMAGES, config.train.seed))
+    references = score_images(run, sample, ["plain"], quiet, device).embeddings
+    familiarity, scores = calibrate(references, validation, weights_digest(run))
+    size = save_familiarity(run, familiarity)
+    flagged = float((scores > familiarity.threshold).float().mean())
+    logger.info(
+        "unfamiliar inputs: score above %.4f (the %g quantile of %d validation images; %.1f%% "
+        "of them flagged), %d training images kept (%d kB), in %.1f s",
+        familiarity.threshold, familiarity.quantile, len(scores), 100 * flagged,
+        len(references), size // 1000, time.perf_counter() - started,
+    )  # fmt: skip
+    return FamiliarSummary(familiarity.threshold, familiarity.quantile, familiarity.k,
+                           len(references), flagged, size)  # fmt: skip
 
 
 def evaluation_images(run: Run, data: str | None) -> tuple[LabeledImages, str]:
@@ -151,7 +189,8 @@ def score_images(
     run: Run, images: LabeledImages, views: list[str], quiet: bool,
     device: torch.device | None = None,
 ) -> Scored:  # fmt: skip
-    """Logits of every readable image (decoded once, as in training) under each view."""
+    """Logits of every readable image (decoded once, as in training) under each view, and
+    its embedding. `views` starts with "plain"."""
     device = device or torch.device("cpu")
     prep = run.info.preprocessing
     decoded = decode_split(images, prep, description="decoding", quiet=quiet)
@@ -164,16 +203,21 @@ def score_images(
     model = load_model(run).to(device).eval()
     precision = precision_for("auto", device)
     logits: list[list[torch.Tensor]] = [[] for _ in views]
-    labels = []
+    embeddings, labels = [], []
     for batch, batch_labels in make_loader(dataset, 128, False, 0):
         batch = batch.to(device, non_blocking=True)
-        for per_view, view in zip(logits, views, strict=True):
-            with autocast(device, precision):
+        with autocast(device, precision):
+            # The plain view's pass gives the embeddings too (unfamiliar-input scores).
+            plain_embeddings, plain_logits = model.embedding_and_logits(batch)
+            embeddings.append(plain_embeddings.cpu())
+            logits[0].append(plain_logits.float())
+            for per_view, view in zip(logits[1:], views[1:], strict=True):
                 per_view.append(model(apply_view(batch, view)).float())
         labels.append(torch.as_tensor(batch_labels))
     view_logits = torch.stack([torch.cat(per_view) for per_view in logits]).cpu()
     sources = [describe_source(images, int(index)) for index in decoded.kept]
-    return Scored(view_logits, torch.cat(labels), sources, dataset, model.cpu(), precision)
+    return Scored(view_logits, torch.cat(labels), sources, dataset, model.cpu(),
+                  torch.cat(embeddings), precision)  # fmt: skip
 
 
 def describe_source(images: LabeledImages, index: int) -> str:
