@@ -64,9 +64,8 @@ def stage_statistics(stages: list[torch.Tensor]) -> torch.Tensor:
     photos and digits differ most in the early stages."""
     parts = []
     for stage in stages:
-        values = stage.float().flatten(2)
-        statistics = torch.cat([values.mean(2), values.std(2, correction=0)], dim=1)
-        parts.append(nn.functional.normalize(statistics, dim=1))
+        deviations, means = torch.std_mean(stage.float(), dim=(2, 3), correction=0)
+        parts.append(nn.functional.normalize(torch.cat([means, deviations], dim=1), dim=1))
     return torch.cat(parts, dim=1)
 
 
@@ -113,10 +112,10 @@ class GraftedClassifier(nn.Module):
         bright bar on a dark sky) among the 1s, at the median distance of the validation
         digits, where the stages flag all 20 of scikit-image's photos.
 
-        The logits are the head applied to the pass's final features, which is the forward
-        of timm's nets and torchgraft's own; a net whose forward does more (a distilled ViT
-        averages two heads) is found on the first call, by comparing with the forward, and
-        from then on runs the forward as a second pass.
+        The logits are forward_head of the pass's final features, which is the forward of
+        timm's nets and torchgraft's own (a test checks five kinds); a net for which it is
+        not is found on the first call, by comparing with the forward, and from then on runs
+        the forward as a second pass.
         """
         inputs = self.normalize(images)
         if hasattr(self.net, "forward_intermediates"):
