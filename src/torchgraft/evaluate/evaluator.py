@@ -20,6 +20,7 @@ import torch
 from torchgraft.artifact import Run, atomic_write_bytes
 from torchgraft.config import config_from_dict
 from torchgraft.data import (
+    DataSplits,
     LabeledImages,
     decode_split,
     load_data,
@@ -112,15 +113,17 @@ def evaluate_run(
     from torchgraft.evaluate.report import write_outputs
 
     chosen = resolve_device(device)  # before any decoding: a missing GPU is a UserError
-    images, source = evaluation_images(run, data)
+    # The run's splits, loaded once: validation to score, training images for familiarity.
+    splits = load_run_splits(config_from_dict(run.info.config)) if data is None else None
+    images, source = evaluation_images(run, data, splits)
     views = tta_views(run.info.config.get("data", {}).get("augment", "none")) if tta else []
     scored = score_images(run, images, views or ["plain"], quiet, chosen)
     plain, labels = scored.view_logits[0], scored.labels
     temperature, familiar = run.info.temperature, None
-    if data is None:  # calibrate only on the validation split, never on a test set
+    if splits is not None:  # calibrate only on the validation split, never on a test set
         temperature = fit_temperature(plain, labels)
         run.info.temperature = temperature
-        familiar = fit_familiarity(run, scored.embeddings, quiet, chosen)
+        familiar = fit_familiarity(run, splits.train, scored.embeddings, quiet, chosen)
     probabilities = calibrated_probabilities(scored.view_logits, temperature).mean(0)
     metrics = classification_metrics(probabilities, labels, run.info.display_names)
     # The plain view before and after T: the two ECE numbers and the reliability diagram.
@@ -144,15 +147,14 @@ def evaluate_run(
 
 
 def fit_familiarity(
-    run: Run, validation: torch.Tensor, quiet: bool, device: torch.device
+    run: Run, train: LabeledImages, validation: torch.Tensor, quiet: bool, device: torch.device
 ) -> FamiliarSummary:
     """Build and save the run's reference set for unfamiliar inputs (evaluate.familiar):
-    the embeddings of a stratified sample of its training images, with the threshold
+    the embeddings of a stratified sample of its `train` images, with the threshold
     calibrated on the validation images' `validation` embeddings."""
     started = time.perf_counter()
-    config = config_from_dict(run.info.config)
-    train = load_run_splits(config).train
-    sample = train.subset(reference_sample(train.labels, REFERENCE_IMAGES, config.train.seed))
+    seed = config_from_dict(run.info.config).train.seed
+    sample = train.subset(reference_sample(train.labels, REFERENCE_IMAGES, seed))
     references = score_images(run, sample, ["plain"], quiet, device).embeddings
     familiarity, scores = calibrate(references, validation, weights_digest(run))
     size = save_familiarity(run, familiarity)
@@ -167,11 +169,14 @@ def fit_familiarity(
                            len(references), flagged, size)  # fmt: skip
 
 
-def evaluation_images(run: Run, data: str | None) -> tuple[LabeledImages, str]:
-    """The images to score, labelled with the run's class indices."""
-    config = config_from_dict(run.info.config)
+def evaluation_images(
+    run: Run, data: str | None, splits: DataSplits | None = None
+) -> tuple[LabeledImages, str]:
+    """The images to score, labelled with the run's class indices (the validation split
+    of `splits`, the run's splits if the caller has them already, when `data` is None)."""
     if data is None:
-        return load_run_splits(config).val, "validation split"
+        splits = splits or load_run_splits(config_from_dict(run.info.config))
+        return splits.val, "validation split"
     splits = load_data(data, val_fraction=0.0)
     # Its test/ split if it has one, else its val/ split, else every image (no split asked).
     chosen = (

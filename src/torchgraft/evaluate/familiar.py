@@ -12,7 +12,8 @@ it is called unfamiliar is a high quantile of the validation images' scores, so 
 Measured on the demo model (EfficientNet-Lite0 on mnist5k, 1,000 references, k 5, the 0.99
 quantile): the threshold is 0.066; each of 20 scikit-image photos scores 2.1 to 5.2 times it
 (camera lowest, chelsea highest); 1.0% of the validation digits are above it. The
-file is 2 MB (1,000 x 1,024 float16), the evaluation takes 6 to 10 s longer on 2 CPU cores.
+file is 2 MB (1,000 x 1,024 float16). Building it costs the evaluation one more pass over
+1,000 images (6 s on 2 CPU cores, at best: as long as scoring the validation split).
 
 The evaluation of the validation split builds the reference set and the threshold and keeps
 them in the run as familiar.safetensors (tensors only, the settings in its header), with the
@@ -106,8 +107,8 @@ def weights_digest(run: Run) -> str:
 
 
 def save_familiarity(run: Run, familiarity: Familiarity) -> int:
-    """Write familiar.safetensors (references in float16: half the bytes, and distances
-    move by about 1e-4); returns its size in bytes."""
+    """Write familiar.safetensors (references in float16: half the bytes, and the demo's
+    scores moved by 2e-5 at most); returns its size in bytes."""
     path = run.path / FAMILIAR_FILE
     metadata = {
         "k": str(familiarity.k),
