@@ -113,7 +113,7 @@ class GraftedClassifier(nn.Module):
         digits, where the stages flag all 20 of scikit-image's photos.
 
         The logits are forward_head of the pass's final features, which is the forward of
-        timm's nets and torchgraft's own (a test checks five kinds); a net for which it is
+        timm's nets and torchgraft's own (a test checks seven kinds); a net for which it is
         not is found on the first call, by comparing with the forward, and from then on runs
         the forward as a second pass.
         """
