@@ -139,14 +139,26 @@ class Run:
         return load_tensors(weights_file)
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """Write tensors as safetensors, atomically. Shared or strided tensors are copied first."""
+def save_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    """Write tensors as safetensors, atomically. Shared or strided tensors are copied first.
+    `metadata` goes in the file's header, as text."""
     contiguous = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
-    atomic_write_bytes(path, save_safetensors(contiguous))
+    atomic_write_bytes(path, save_safetensors(contiguous, metadata))
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_safetensors(path.read_bytes())
+
+
+def load_tensors_and_metadata(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and the header's metadata ({} if none), from one read of the file."""
+    data = path.read_bytes()
+    tensors = load_safetensors(data)  # checks the header first: a damaged file raises here
+    header_length = int.from_bytes(data[:8], "little")
+    metadata = json.loads(data[8 : 8 + header_length]).get("__metadata__") or {}
+    return tensors, metadata
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

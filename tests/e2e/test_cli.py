@@ -141,6 +141,7 @@ def test_evaluate_writes_metrics_and_calibrates_predictions(tiny_run: Path) -> N
     result = graft("evaluate", "--run", str(tiny_run), "--quiet")
     assert result.returncode == 0, result.stderr
     assert "precision" in result.stdout and "calibration: ECE" in result.stdout
+    assert re.search(r"unfamiliar inputs: score above \d\.\d{4} \(the 0.99 quantile", result.stdout)
     report = json.loads((tiny_run / "metrics.json").read_text())
     info = json.loads((tiny_run / "graft.json").read_text())
     assert report["temperature"] == info["temperature"] > 0

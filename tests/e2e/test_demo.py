@@ -33,6 +33,7 @@ def test_demo_reaches_98_percent_with_the_defaults_and_predicts(tmp_path: Path) 
     assert (run / "report.html").is_file() and (run / "exports" / "model.onnx").is_file()
     assert re.search(r"top-1 agrees with PyTorch on 100% of 1000 images", result.stdout)
     assert_bf16_scores_as_float32(run)
+    assert_photos_are_unfamiliar_and_digits_are_not(run)
 
 
 def assert_bf16_scores_as_float32(path: Path) -> None:
@@ -56,3 +57,31 @@ def assert_bf16_scores_as_float32(path: Path) -> None:
         accuracies.append(float((predicted.numpy() == val.labels).mean()))
     assert len(val.labels) == 1000
     assert abs(accuracies[0] - accuracies[1]) <= 0.005, accuracies
+
+
+# scikit-image's photos (and scans, textures, micrographs), none of them a digit.
+PHOTOS = (
+    "astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "colorwheel",
+    "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "logo", "microaneurysms",
+    "moon", "page", "retina", "rocket", "text", "cell",
+)  # fmt: skip
+
+
+def assert_photos_are_unfamiliar_and_digits_are_not(path: Path) -> None:
+    """Issue 14's promise, on the demo's own run (no other training): every photo given to
+    the digit classifier is flagged unfamiliar, and at most 5% of the validation digits."""
+    import skimage.data
+
+    from torchgraft import api
+    from torchgraft.data import load_data
+
+    predictor = api.predictor(path)
+    photos = [getattr(skimage.data, name)() for name in PHOTOS]
+    photos = [photo[..., :3] if photo.ndim == 3 else photo for photo in photos]  # logo: RGBA
+    predictions = predictor.predict(photos)
+    flagged = {name: p.is_unfamiliar for name, p in zip(PHOTOS, predictions, strict=True)}
+    assert all(flagged.values()), flagged
+    seed = predictor.info.config["train"]["seed"]
+    digits = predictor.predict(list(load_data("mnist5k", seed=seed).val.images))
+    assert len(digits) == 1000
+    assert sum(bool(p.is_unfamiliar) for p in digits) <= 50

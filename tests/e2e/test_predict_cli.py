@@ -56,6 +56,21 @@ def test_the_pytorch_challenge_usage_and_json_output(tiny_run: Path, tmp_path: P
     assert len(record["top_k"]) == 3 and record["error"] == ""
 
 
+def test_a_photo_given_to_the_shape_classifier_is_marked_unfamiliar(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    from skimage.data import chelsea
+
+    Image.fromarray(chelsea()).save(tmp_path / "cat.png")
+    Image.fromarray(class_image(0, 32, seed=3)).save(tmp_path / "shape.png")
+    shown = graft("predict", "cat.png", "shape.png", "--run", str(tiny_run), "--top-k", "1",
+                  cwd=tmp_path)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.strip().splitlines()
+    assert lines[0] == "cat.png" and lines[3] == "shape.png" and len(lines) == 5
+    assert re.match(r"\s+unfamiliar input, unlike the training images \(score \d\.\d+ > ", lines[1])
+
+
 def test_an_unknown_output_suffix_exits_2_before_predicting(tiny_run: Path, tmp_path: Path) -> None:
     Image.fromarray(class_image(0, 32)).save(tmp_path / "x.png")
     result = graft("predict", "*.png", "--run", str(tiny_run), "--output", "preds.txt",

@@ -58,7 +58,17 @@ def test_the_page_shows_the_predicted_class_of_an_uploaded_image(
     expect(page.locator("#source")).to_have_text("shape.png")
     expect(page.locator("#explanation")).to_be_visible()  # the Grad-CAM overlay arrived
     expect(page.locator("#overlay")).to_have_js_property("naturalWidth", 224)
+    expect(page.locator("#unfamiliar")).to_be_hidden()  # a shape like the training ones
     assert page.errors == []
+
+    from skimage.data import chelsea
+
+    cat = tmp_path / "cat.png"
+    Image.fromarray(chelsea()).save(cat)
+    page.set_input_files("#file", str(cat))
+    expect(page.locator("#source")).to_have_text("cat.png")
+    expect(page.locator("#unfamiliar")).to_be_visible()
+    expect(page.locator("#unfamiliar")).to_contain_text("Unfamiliar input")
 
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image")

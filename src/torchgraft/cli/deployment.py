@@ -51,8 +51,10 @@ def predict(
 ) -> None:
     """Classify images: the top-k classes, with display names and probabilities, for each.
 
-    Files that cannot be read are skipped with a warning (and listed with the reason in
-    --output); the exit status is 1 only when no image could be read.
+    An image unlike the training images is marked "unfamiliar input" (the score and the
+    run's threshold are in --output). Files that cannot be read are skipped with a warning
+    (and listed with the reason in --output); the exit status is 1 only when no image could
+    be read.
     """
     from torchgraft import api
     from torchgraft.serve.outputs import check_output_path, write_predictions
@@ -84,6 +86,11 @@ def predict(
 def _print_predictions(predictions: list[Prediction]) -> None:
     for prediction in predictions:
         typer.echo(prediction.source)
+        if prediction.is_unfamiliar:
+            typer.echo(
+                f"  unfamiliar input, unlike the training images (score "
+                f"{prediction.unfamiliar:.3f} > {prediction.unfamiliar_threshold:.3f}):"
+            )
         for rank, score in enumerate(prediction.top_k, start=1):
             label = (
                 score.display_name

@@ -62,6 +62,12 @@ def evaluate(
         typer.echo(f"confused: {true} -> {predicted} ({count})")
     ece = f"ECE {result.ece_before:.4f} -> {result.ece_after:.4f}"
     typer.echo(f"calibration: {ece} at temperature {result.temperature:.3f}")
+    if result.familiar is not None:
+        familiar = result.familiar
+        typer.echo(
+            f"unfamiliar inputs: score above {familiar.threshold:.4f} (the {familiar.quantile:g} "
+            f"quantile of the validation images; {familiar.flagged:.1%} of them flagged)"
+        )
     for loss in result.top_losses[:3]:
         typer.echo(
             f"top loss: {loss.source}: {loss.true_class} taken for {loss.predicted_class} "

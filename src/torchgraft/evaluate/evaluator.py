@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from torchgraft.artifact import Run, atomic_write_bytes
 from torchgraft.config import config_from_dict
 from torchgraft.data import (
+    DataSplits,
     LabeledImages,
     decode_split,
     load_data,
@@ -29,6 +31,14 @@ from torchgraft.data import (
 from torchgraft.devices import resolve_device
 from torchgraft.errors import UserError
 from torchgraft.evaluate.calibration import expected_calibration_error, fit_temperature
+from torchgraft.evaluate.familiar import (
+    REFERENCE_IMAGES,
+    FamiliarSummary,
+    calibrate,
+    reference_sample,
+    save_familiarity,
+    weights_digest,
+)
 from torchgraft.evaluate.figures import reliability_bins
 from torchgraft.evaluate.metrics import Metrics, classification_metrics
 from torchgraft.evaluate.tta import apply_view, tta_views
@@ -69,6 +79,7 @@ class Evaluation:
     reliability: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # bins
     device: str = "cpu"  # where the model ran
     precision: str = "fp32"  # ... and in which precision (precision.choose_precision)
+    familiar: FamiliarSummary | None = None  # the unfamiliar-input threshold (validation only)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -85,6 +96,7 @@ class Scored:
     sources: list[str]  # per image: the file, or a description for bundled arrays
     dataset: Any  # yields (uint8 image at the training size, label), for the gallery
     model: GraftedClassifier  # the run's model, loaded once, for the gallery's Grad-CAM
+    embeddings: torch.Tensor  # (N, D) of the plain view (GraftedClassifier.embedding_and_logits)
     precision: str = "fp32"  # the precision the logits were computed in
 
 
@@ -101,14 +113,17 @@ def evaluate_run(
     from torchgraft.evaluate.report import write_outputs
 
     chosen = resolve_device(device)  # before any decoding: a missing GPU is a UserError
-    images, source = evaluation_images(run, data)
+    # The run's splits, loaded once: validation to score, training images for familiarity.
+    splits = load_run_splits(config_from_dict(run.info.config)) if data is None else None
+    images, source = evaluation_images(run, data, splits)
     views = tta_views(run.info.config.get("data", {}).get("augment", "none")) if tta else []
     scored = score_images(run, images, views or ["plain"], quiet, chosen)
     plain, labels = scored.view_logits[0], scored.labels
-    temperature = run.info.temperature
-    if data is None:  # calibrate only on the validation split, never on a test set
+    temperature, familiar = run.info.temperature, None
+    if splits is not None:  # calibrate only on the validation split, never on a test set
         temperature = fit_temperature(plain, labels)
         run.info.temperature = temperature
+        familiar = fit_familiarity(run, splits.train, scored.embeddings, quiet, chosen)
     probabilities = calibrated_probabilities(scored.view_logits, temperature).mean(0)
     metrics = classification_metrics(probabilities, labels, run.info.display_names)
     # The plain view before and after T: the two ECE numbers and the reliability diagram.
@@ -120,20 +135,48 @@ def evaluate_run(
         views, accuracy(plain, labels),
         top_losses(probabilities, labels, scored.sources, run.info.display_names),
         {"before": reliability_bins(before, labels), "after": reliability_bins(after, labels)},
-        str(chosen), scored.precision,
+        str(chosen), scored.precision, familiar,
     )  # fmt: skip
     run.info.metrics = {**run.info.metrics, "evaluated_accuracy": metrics.accuracy}
+    if familiar is not None:
+        run.info.metrics["unfamiliar_threshold"] = familiar.threshold
     run.save_info()
     write_outputs(run, evaluation, scored, quiet)
     atomic_write_bytes(run.path / METRICS_FILE, json.dumps(evaluation.to_dict(), indent=2).encode())
     return evaluation
 
 
-def evaluation_images(run: Run, data: str | None) -> tuple[LabeledImages, str]:
-    """The images to score, labelled with the run's class indices."""
-    config = config_from_dict(run.info.config)
+def fit_familiarity(
+    run: Run, train: LabeledImages, validation: torch.Tensor, quiet: bool, device: torch.device
+) -> FamiliarSummary:
+    """Build and save the run's reference set for unfamiliar inputs (evaluate.familiar):
+    the embeddings of a stratified sample of its `train` images, with the threshold
+    calibrated on the validation images' `validation` embeddings."""
+    started = time.perf_counter()
+    seed = config_from_dict(run.info.config).train.seed
+    sample = train.subset(reference_sample(train.labels, REFERENCE_IMAGES, seed))
+    references = score_images(run, sample, ["plain"], quiet, device).embeddings
+    familiarity, scores = calibrate(references, validation, weights_digest(run))
+    size = save_familiarity(run, familiarity)
+    flagged = float((scores > familiarity.threshold).float().mean())
+    logger.info(
+        "unfamiliar inputs: score above %.4f (the %g quantile of %d validation images; %.1f%% "
+        "of them flagged), %d training images kept (%d kB), in %.1f s",
+        familiarity.threshold, familiarity.quantile, len(scores), 100 * flagged,
+        len(references), size // 1000, time.perf_counter() - started,
+    )  # fmt: skip
+    return FamiliarSummary(familiarity.threshold, familiarity.quantile, familiarity.k,
+                           len(references), flagged, size)  # fmt: skip
+
+
+def evaluation_images(
+    run: Run, data: str | None, splits: DataSplits | None = None
+) -> tuple[LabeledImages, str]:
+    """The images to score, labelled with the run's class indices (the validation split
+    of `splits`, the run's splits if the caller has them already, when `data` is None)."""
     if data is None:
-        return load_run_splits(config).val, "validation split"
+        splits = splits or load_run_splits(config_from_dict(run.info.config))
+        return splits.val, "validation split"
     splits = load_data(data, val_fraction=0.0)
     # Its test/ split if it has one, else its val/ split, else every image (no split asked).
     chosen = (
@@ -151,7 +194,8 @@ def score_images(
     run: Run, images: LabeledImages, views: list[str], quiet: bool,
     device: torch.device | None = None,
 ) -> Scored:  # fmt: skip
-    """Logits of every readable image (decoded once, as in training) under each view."""
+    """Logits of every readable image (decoded once, as in training) under each view, and
+    its embedding. `views` starts with "plain"."""
     device = device or torch.device("cpu")
     prep = run.info.preprocessing
     decoded = decode_split(images, prep, description="decoding", quiet=quiet)
@@ -164,16 +208,21 @@ def score_images(
     model = load_model(run).to(device).eval()
     precision = precision_for("auto", device)
     logits: list[list[torch.Tensor]] = [[] for _ in views]
-    labels = []
+    embeddings, labels = [], []
     for batch, batch_labels in make_loader(dataset, 128, False, 0):
         batch = batch.to(device, non_blocking=True)
-        for per_view, view in zip(logits, views, strict=True):
-            with autocast(device, precision):
+        with autocast(device, precision):
+            # The plain view's pass gives the embeddings too (unfamiliar-input scores).
+            plain_embeddings, plain_logits = model.embedding_and_logits(batch)
+            embeddings.append(plain_embeddings.cpu())
+            logits[0].append(plain_logits.float())
+            for per_view, view in zip(logits[1:], views[1:], strict=True):
                 per_view.append(model(apply_view(batch, view)).float())
         labels.append(torch.as_tensor(batch_labels))
     view_logits = torch.stack([torch.cat(per_view) for per_view in logits]).cpu()
     sources = [describe_source(images, int(index)) for index in decoded.kept]
-    return Scored(view_logits, torch.cat(labels), sources, dataset, model.cpu(), precision)
+    return Scored(view_logits, torch.cat(labels), sources, dataset, model.cpu(),
+                  torch.cat(embeddings), precision)  # fmt: skip
 
 
 def describe_source(images: LabeledImages, index: int) -> str:

@@ -23,6 +23,7 @@ from torchgraft.evaluate import figures
 
 if TYPE_CHECKING:
     from torchgraft.evaluate.evaluator import Evaluation, Scored
+    from torchgraft.evaluate.familiar import FamiliarSummary
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,8 @@ def render_report(run: Run, evaluation: Evaluation, pngs: dict[str, bytes]) -> s
             + "</pre></details>",
         ),
     ]
+    if evaluation.familiar is not None:  # before the configuration, the last section
+        sections.insert(-1, section("Unfamiliar inputs", familiar_body(evaluation.familiar)))
     title = f"torchgraft report: {run.path.name}"
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -273,4 +276,13 @@ def calibration_body(evaluation: Evaluation, png: bytes) -> str:
         f"{evaluation.temperature:.3f}, fitted on the validation split and applied by predict, "
         "export and serve). Bars below the diagonal mean the model is more confident than it "
         "is right.</p>" + image_tag(png, "reliability-diagram", "Reliability diagram")
+    )
+
+
+def familiar_body(familiar: FamiliarSummary) -> str:
+    return (
+        f"<p>Prediction flags an image as unfamiliar when the mean cosine distance of its "
+        f"features to its {familiar.k} nearest of {familiar.references} training images is above "
+        f"{familiar.threshold:.4f}: the {familiar.quantile:g} quantile of the validation "
+        f"images' distances ({familiar.flagged:.1%} of them are above it).</p>"
     )

@@ -52,6 +52,22 @@ def keep_input_in_float32(convolution: nn.Conv2d) -> None:
 
 _FLOAT32_CLASSES: dict[type, type] = {}  # one subclass per convolution class
 
+# The embedding's stages, at most (the last ones): all of a CNN's (four or five), the last
+# five blocks of a ViT (twelve or more, each as wide as the last).
+EMBEDDING_STAGES = 5
+
+
+def stage_statistics(stages: list[torch.Tensor]) -> torch.Tensor:
+    """(N, D) float32: each (N, C, H, W) stage's channel means and standard deviations over
+    the image, scaled to unit length per stage (each stage weighs the same in a cosine),
+    side by side. Means say what a stage found; deviations how its texture varies, where
+    photos and digits differ most in the early stages."""
+    parts = []
+    for stage in stages:
+        deviations, means = torch.std_mean(stage.float(), dim=(2, 3), correction=0)
+        parts.append(nn.functional.normalize(torch.cat([means, deviations], dim=1), dim=1))
+    return torch.cat(parts, dim=1)
+
 
 class GraftedClassifier(nn.Module):
     """uint8 images in, logits out. `net` follows timm's contract (forward_features, ...)."""
@@ -69,6 +85,9 @@ class GraftedClassifier(nn.Module):
         stem = first_convolution(net)
         if stem is not None:
             keep_input_in_float32(stem)
+        # Whether the head of the final features is the forward (embedding_and_logits);
+        # None: not known yet.
+        self._one_pass: bool | None = None
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float() - self.mean) / self.std
@@ -80,6 +99,39 @@ class GraftedClassifier(nn.Module):
         """Pooled features just before the classifier: what the frozen phase trains on."""
         spatial = self.net.forward_features(self.normalize(images))
         return self.net.forward_head(spatial, pre_logits=True)
+
+    def embedding_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, D) embedding and (N, num_classes) logits from one pass through the net: the
+        embedding is what scores how unlike the training images an input is
+        (evaluate.familiar). Call in eval mode (dropout would change the logits).
+
+        The embedding is `stage_statistics` of the net's last EMBEDDING_STAGES stages
+        (timm's forward_intermediates: every stage of a CNN); a net without stages (the
+        mlp) gives its pre-logit features. Why not the pre-logit features for all: trained
+        to gather each class in one place, on the demo model they put a photo of a rocket (a
+        bright bar on a dark sky) among the 1s, at the median distance of the validation
+        digits, where the stages flag all 20 of scikit-image's photos.
+
+        The logits are forward_head of the pass's final features, which is the forward of
+        timm's nets and torchgraft's own (a test checks seven kinds); a net for which it is
+        not is found on the first call, by comparing with the forward, and from then on runs
+        the forward as a second pass.
+        """
+        inputs = self.normalize(images)
+        if hasattr(self.net, "forward_intermediates"):
+            count = min(EMBEDDING_STAGES, len(self.net.feature_info))
+            final, stages = self.net.forward_intermediates(inputs, indices=count)
+            embedding = stage_statistics(stages)
+        else:
+            final = self.net.forward_features(inputs)
+            embedding = self.net.forward_head(final, pre_logits=True).float()
+        logits = self.net.forward_head(final)
+        if self._one_pass is None:
+            forward = self.net(inputs).float()
+            self._one_pass = bool(torch.allclose(logits.float(), forward, rtol=1e-3, atol=1e-3))
+        if not self._one_pass:
+            logits = self.net(inputs)
+        return embedding, logits
 
     @property
     def head(self) -> nn.Module:

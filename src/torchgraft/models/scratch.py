@@ -1,7 +1,8 @@
 """From-scratch networks for MNIST-sized inputs, with timm's model contract.
 
 Like timm models they offer `forward_features`, `forward_head(x, pre_logits=...)` and
-`get_classifier()`, so training, feature caching and Grad-CAM treat them the same way.
+`get_classifier()` (the cnn also `forward_intermediates`), so training, feature caching,
+Grad-CAM and the unfamiliar-input embedding treat them the same way.
 """
 
 from __future__ import annotations
@@ -66,9 +67,26 @@ class SmallCNN(nn.Module):
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2))
         self.classifier = nn.Linear(128, num_classes)
         self.num_features = 128
+        # timm's description of the stages (forward_intermediates): the three blocks.
+        self.feature_info = [
+            {"num_chs": 32, "reduction": 1, "module": "stem.0"},
+            {"num_chs": 64, "reduction": 2, "module": "stem.2"},
+            {"num_chs": 128, "reduction": 4, "module": "conv_head"},
+        ]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_head(self.stem(x))
+
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: int | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(final features, the outputs of the last `indices` blocks, all if None), as
+        timm's nets give them."""
+        first = self.stem[0](x)
+        second = self.stem[2](self.stem[1](first))
+        final = self.conv_head(self.stem[3](second))
+        stages = [first, second, final]
+        return final, stages[-(indices or len(stages)) :]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.pool(x)

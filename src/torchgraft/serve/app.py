@@ -45,7 +45,7 @@ from torchgraft.data.decode import (
 )
 from torchgraft.errors import UserError
 from torchgraft.serve.limits import BodyDeadline, ModelTurns, Pending, Workers
-from torchgraft.serve.predictor import Prediction, Predictor
+from torchgraft.serve.predictor import Predictor
 from torchgraft.serve.server import ServerSettings
 from torchgraft.serve.uploads import Upload, read_upload
 
@@ -145,9 +145,9 @@ def add_predict(app: FastAPI, predictor: Predictor, top_k: int, limits: Limits) 
         with limits.pending.slot():
             upload = await read_upload(request, limits.max_upload_bytes)
             pixels = await limits.workers.run(decode_upload, predictor, upload, limits.max_pixels)
-            probabilities = await limits.model.run(predictor.classify, pixels.unsqueeze(0))
+            scores = await limits.model.run(predictor.score, pixels.unsqueeze(0))
         k = min(top_k, predictor.info.num_classes)
-        record = Prediction(upload.name, predictor.top_classes(probabilities[0], k))
+        record = predictor.prediction(upload.name, scores, 0, k)
         return {**record.to_dict(), "milliseconds": (time.perf_counter() - started) * 1000}
 
 
@@ -165,7 +165,7 @@ def add_explain(app: FastAPI, predictor: Predictor, limits: Limits) -> None:
 
 def health_info(predictor: Predictor, top_k: int, limits: Limits) -> dict[str, Any]:
     """What a load balancer or the page needs to know about the loaded model."""
-    info = predictor.info
+    info, familiarity = predictor.info, predictor.familiarity
     return {
         "status": "ok",
         "model": info.model_name,
@@ -175,6 +175,8 @@ def health_info(predictor: Predictor, top_k: int, limits: Limits) -> dict[str, A
         "image_size": info.preprocessing.image_size,
         "device": str(predictor.device),
         "engine": predictor.engine,  # eager, or the export format that classifies
+        # An answer's `unfamiliar` score above this flags it; None: answers have no score.
+        "unfamiliar_threshold": None if familiarity is None else familiarity.threshold,
         "top_k": top_k,
         "max_upload_bytes": limits.max_upload_bytes,
         "max_pixels": limits.max_pixels,

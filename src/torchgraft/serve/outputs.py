@@ -43,18 +43,22 @@ def write_predictions(predictions: Sequence[Prediction], path: str | Path) -> Pa
 
 
 def predictions_csv(predictions: Sequence[Prediction]) -> str:
-    """source, then class/display name/probability for each rank, then error (empty if none)."""
+    """source, then class/display name/probability for each rank, then the unfamiliar score
+    and flag, then error (each empty if none)."""
     ranks = max((len(p.top_k) for p in predictions), default=0)
     header = ["source"]
     for rank in range(1, ranks + 1):
         header += [f"class_name_{rank}", f"display_name_{rank}", f"probability_{rank}"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*header, "error"])
+    writer.writerow([*header, "unfamiliar", "is_unfamiliar", "error"])
     for prediction in predictions:
         cells: list[str] = [prediction.source]
         for score in prediction.top_k:
             cells += [score.class_name, score.display_name, f"{score.probability:.6f}"]
         cells += [""] * (len(header) - len(cells))
-        writer.writerow([*cells, prediction.error])
+        flag = prediction.is_unfamiliar
+        unfamiliar = "" if prediction.unfamiliar is None else f"{prediction.unfamiliar:.6f}"
+        writer.writerow([*cells, unfamiliar, "" if flag is None else str(flag).lower(),
+                         prediction.error])  # fmt: skip
     return buffer.getvalue()

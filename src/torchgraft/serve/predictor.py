@@ -4,7 +4,14 @@ images, arrays and tensors.
 Everything a prediction needs (architecture, classes, preprocessing, temperature) comes from
 graft.json, so a run predicts the same in any process, without the training code. This is the
 one place that maps images to calibrated probabilities: the CLI, the API, the HTTP app and
-the benchmarks all go through `Predictor.classify`.
+the benchmarks all go through `Predictor.score` (or `classify`, its probabilities alone).
+
+Each prediction also says how unfamiliar its image is (evaluate.familiar): the distance of
+its embedding to the run's sample of training images, flagged above the threshold the
+evaluation calibrated on the validation images, so that a cat photo given to a digit
+classifier is flagged instead of passing for a confident digit. The score is None where it
+cannot be computed: with an export engine (it gives probabilities only) and for a run
+without a usable familiar.safetensors (evaluated before it existed, or damaged: a warning).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from torchgraft.artifact import Run
 from torchgraft.data import UnreadableImage, eval_transform, load_display_names
 from torchgraft.devices import resolve_device
 from torchgraft.errors import UserError, did_you_mean
+from torchgraft.evaluate.familiar import Familiarity, load_familiarity
 from torchgraft.models import load_model
 from torchgraft.probabilities import calibrated_probabilities
 from torchgraft.serve.inputs import ImageInput, as_image_list, describe, to_uint8_tensor
@@ -32,7 +40,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClassScore", "ImageInput", "Prediction", "Predictor", "load_model"]
+__all__ = ["ClassScore", "ImageInput", "Prediction", "Predictor", "Scores", "load_model"]
 
 
 @dataclass
@@ -49,6 +57,10 @@ class Prediction:
     source: str  # the file path, or a description such as "ndarray 3"
     top_k: list[ClassScore]  # best first; empty when `error` is set
     error: str = ""  # why the image was skipped (unreadable file), else ""
+    # How unlike the training images it is (evaluate.familiar), and the run's threshold for
+    # calling it unfamiliar; None where there is no score (export engine, older run).
+    unfamiliar: float | None = None
+    unfamiliar_threshold: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -66,6 +78,14 @@ class Prediction:
     def probability(self) -> float:
         return self.top_k[0].probability if self.top_k else 0.0
 
+    @property
+    def is_unfamiliar(self) -> bool | None:
+        """Whether the image is unlike the training images (its classes may mean nothing);
+        None when there is no score."""
+        if self.unfamiliar is None or self.unfamiliar_threshold is None:
+            return None
+        return self.unfamiliar > self.unfamiliar_threshold
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON: the best class up front, then the whole top-k."""
         return {
@@ -74,8 +94,19 @@ class Prediction:
             "display_name": self.display_name,
             "probability": self.probability,
             "top_k": [asdict(score) for score in self.top_k],
+            "unfamiliar": self.unfamiliar,
+            "unfamiliar_threshold": self.unfamiliar_threshold,
+            "is_unfamiliar": self.is_unfamiliar,
             "error": self.error,
         }
+
+
+@dataclass
+class Scores:
+    """What the model says about a batch of images."""
+
+    probabilities: np.ndarray  # (N, num_classes), calibrated
+    unfamiliar: np.ndarray | None  # (N,) evaluate.familiar scores; None: not computed
 
 
 class Predictor:
@@ -110,6 +141,11 @@ class Predictor:
         # The eager model stays loaded for Grad-CAM; an export, if chosen, classifies.
         self.engine = engine
         self.exported = load_engine(run, engine)
+        # Unfamiliar scores need the eager model's embeddings: an export gives logits only.
+        familiarity = load_familiarity(run) if self.exported is None else None
+        self.familiarity: Familiarity | None = (
+            None if familiarity is None else familiarity.to(self.device)
+        )
 
     @classmethod
     def from_run(
@@ -136,23 +172,37 @@ class Predictor:
         channels = self.info.preprocessing.channels
         return self.transform(to_uint8_tensor(image, channels))
 
-    def classify(self, pixels: torch.Tensor) -> np.ndarray:
-        """Calibrated class probabilities, (N, num_classes), for a (N, C, S, S) uint8 batch."""
+    def score(self, pixels: torch.Tensor, unfamiliar: bool = True) -> Scores:
+        """Calibrated class probabilities for a (N, C, S, S) uint8 batch and, from the same
+        pass, how unfamiliar each image is. Without `unfamiliar`, with an export engine or
+        without the run's familiar.safetensors: the probabilities alone."""
         if self.exported is not None:  # the export computes calibrated probabilities itself
             with self.lock:
-                return self.exported(pixels.cpu().numpy())
+                return Scores(self.exported(pixels.cpu().numpy()), None)
+        familiarity = self.familiarity if unfamiliar else None
         batch = pixels.to(self.device)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with self.lock, torch.inference_mode():
-            logits = self.model(batch)
-            return calibrated_probabilities(logits, self.info.temperature, dim=1).cpu().numpy()
+            distances = None
+            if familiarity is None:
+                logits = self.model(batch)
+            else:
+                embeddings, logits = self.model.embedding_and_logits(batch)
+                distances = familiarity.scores(embeddings).cpu().numpy()
+            probabilities = calibrated_probabilities(logits, self.info.temperature, dim=1)
+            return Scores(probabilities.cpu().numpy(), distances)
+
+    def classify(self, pixels: torch.Tensor) -> np.ndarray:
+        """Calibrated class probabilities, (N, num_classes), for a (N, C, S, S) uint8 batch."""
+        return self.score(pixels, unfamiliar=False).probabilities
 
     def predict_proba(self, images: ImageInput | Iterable[ImageInput]) -> np.ndarray:
         """Calibrated class probabilities, shape (N, num_classes), in input order.
 
         Strict: a file that does not decode is a `UserError` (`predict` skips it instead)."""
-        return self._probabilities(as_image_list(images), skip_unreadable=False)[0]
+        items = as_image_list(images)
+        return self._scores(items, skip_unreadable=False, unfamiliar=False)[0].probabilities
 
     def predict(
         self, images: ImageInput | Iterable[ImageInput], top_k: int = 3
@@ -169,15 +219,24 @@ class Predictor:
         (a skipped image's row is NaN)."""
         check_top_k(top_k)
         items = as_image_list(images)
-        probabilities, errors = self._probabilities(items, skip_unreadable=True)
+        scores, errors = self._scores(items, skip_unreadable=True, unfamiliar=True)
         k = min(top_k, self.info.num_classes)
         records = [
             Prediction(describe(item, index), [], errors[index])
             if index in errors
-            else Prediction(describe(item, index), self.top_classes(row, k))
-            for index, (item, row) in enumerate(zip(items, probabilities, strict=True))
+            else self.prediction(describe(item, index), scores, index, k)
+            for index, item in enumerate(items)
         ]
-        return records, probabilities
+        return records, scores.probabilities
+
+    def prediction(self, source: str, scores: Scores, row: int, k: int) -> Prediction:
+        """The record of row `row` of `scores`: its top `k` classes and unfamiliar score."""
+        unfamiliar = threshold = None
+        if scores.unfamiliar is not None and self.familiarity is not None:
+            unfamiliar = float(scores.unfamiliar[row])
+            threshold = self.familiarity.threshold
+        top = self.top_classes(scores.probabilities[row], k)
+        return Prediction(source, top, unfamiliar=unfamiliar, unfamiliar_threshold=threshold)
 
     def top_classes(self, probabilities: np.ndarray, k: int) -> list[ClassScore]:
         check_top_k(k)
@@ -187,11 +246,15 @@ class Predictor:
             for i in order
         ]
 
-    def _probabilities(
-        self, items: Sequence[ImageInput], skip_unreadable: bool
-    ) -> tuple[np.ndarray, dict[int, str]]:
-        """Probabilities for every item, batch by batch, and {index: reason} for the skipped."""
+    def _scores(
+        self, items: Sequence[ImageInput], skip_unreadable: bool, unfamiliar: bool
+    ) -> tuple[Scores, dict[int, str]]:
+        """Scores for every item, batch by batch (NaN for the skipped), and {index: reason}
+        for the skipped."""
         result = np.full((len(items), self.info.num_classes), np.nan, dtype=np.float32)
+        distances = None
+        if unfamiliar and self.familiarity is not None:
+            distances = np.full(len(items), np.nan, dtype=np.float32)
         errors: dict[int, str] = {}
         for start in range(0, len(items), self.batch_size):
             pixels: list[torch.Tensor] = []
@@ -209,8 +272,11 @@ class Predictor:
                     logger.warning("skipped %s: %s", source, error.reason)
                     errors[index] = error.reason
             if kept:
-                result[kept] = self.classify(torch.stack(pixels))
-        return result, errors
+                scores = self.score(torch.stack(pixels), unfamiliar=distances is not None)
+                result[kept] = scores.probabilities
+                if distances is not None and scores.unfamiliar is not None:
+                    distances[kept] = scores.unfamiliar
+        return Scores(result, distances), errors
 
 
 def load_engine(run: Run, engine: str) -> ExportedModel | None:

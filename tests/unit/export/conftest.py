@@ -9,13 +9,15 @@ from pathlib import Path
 import pytest
 
 from torchgraft.artifact import RUN_FILE, WEIGHTS_FILE, Run
+from torchgraft.evaluate.familiar import FAMILIAR_FILE
 from torchgraft.export import ExportReport, export_run
 
 
 def copy_run(run_path: Path, destination: Path) -> Run:
-    """The run's graft.json and weights only: no exports, so nothing leaks between tests."""
+    """The run's graft.json, weights and unfamiliar-input reference set only: no exports, so
+    nothing leaks between tests."""
     destination.mkdir(parents=True)
-    for name in (RUN_FILE, WEIGHTS_FILE):
+    for name in (RUN_FILE, WEIGHTS_FILE, FAMILIAR_FILE):
         shutil.copy2(run_path / name, destination / name)
     return Run.load(destination)
 

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from torchgraft import api
+from torchgraft.artifact import Run
 from torchgraft.data.decode import decode_bytes
 from torchgraft.errors import UserError
 from torchgraft.serve.app import create_app
@@ -40,13 +41,14 @@ def client(tiny_run: Path) -> Iterator[TestClient]:
         yield test_client
 
 
-def test_health_names_the_model_and_its_classes(client: TestClient) -> None:
+def test_health_names_the_model_and_its_classes(client: TestClient, tiny_run: Path) -> None:
     health = client.get("/health")
     assert health.status_code == 200
     body = health.json()
     assert body["status"] == "ok" and body["model"] == "cnn"
     assert body["classes"] == list(DEFAULT_CLASSES) and body["top_k"] == 2
     assert body["engine"] == "eager"
+    assert body["unfamiliar_threshold"] == Run.load(tiny_run).info.metrics["unfamiliar_threshold"]
 
 
 def test_multipart_and_raw_uploads_get_the_same_top_k(client: TestClient, tiny_run: Path) -> None:
@@ -58,6 +60,8 @@ def test_multipart_and_raw_uploads_get_the_same_top_k(client: TestClient, tiny_r
     assert form.json()["top_k"] == raw.json()["top_k"]
     (expected,) = api.predict(tiny_run, Image.open(io.BytesIO(image)), top_k=2)
     assert form.json()["class_name"] == expected.class_name == "triangle"
+    assert form.json()["unfamiliar"] == pytest.approx(expected.unfamiliar, abs=1e-6)
+    assert form.json()["is_unfamiliar"] is expected.is_unfamiliar is False
     assert form.json()["probability"] == pytest.approx(expected.probability, abs=1e-5)
     assert len(form.json()["top_k"]) == 2
 

@@ -13,3 +13,14 @@ def test_importing_torchgraft_does_not_import_the_web_stack() -> None:
     )
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert shown.stdout.strip() == "[]"
+
+
+def test_prediction_does_not_import_the_evaluation_stack() -> None:
+    """The predictor scores unfamiliar inputs with evaluate.familiar; that must not bring in
+    torchmetrics and matplotlib (the evaluator's), which `graft predict` never uses."""
+    code = (
+        "import sys, torchgraft, torchgraft.serve.predictor\n"
+        "print(sorted(m for m in ('torchmetrics', 'matplotlib') if m in sys.modules))"
+    )
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "[]"

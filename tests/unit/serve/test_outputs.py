@@ -12,8 +12,9 @@ from torchgraft.errors import UserError
 from torchgraft.serve.outputs import write_predictions
 from torchgraft.serve.predictor import ClassScore, Prediction
 
+FIRST = [ClassScore("1", "pink primrose", 0.75), ClassScore("2", "daisy", 0.25)]
 RECORDS = [
-    Prediction("a.png", [ClassScore("1", "pink primrose", 0.75), ClassScore("2", "daisy", 0.25)]),
+    Prediction("a.png", FIRST, unfamiliar=0.5, unfamiliar_threshold=0.25),
     Prediction("b.png", [], "truncated or corrupt (image file is truncated)"),
     Prediction('c,"odd".png', [ClassScore("2", "daisy", 0.5), ClassScore("1", "pink", 0.5)]),
 ]
@@ -24,12 +25,14 @@ def test_csv_has_one_row_per_image_with_ranked_columns(tmp_path: Path) -> None:
     rows = list(csv.DictReader(path.open()))
     assert list(rows[0]) == [
         "source", "class_name_1", "display_name_1", "probability_1",
-        "class_name_2", "display_name_2", "probability_2", "error",
+        "class_name_2", "display_name_2", "probability_2", "unfamiliar", "is_unfamiliar", "error",
     ]  # fmt: skip
     assert [row["source"] for row in rows] == ["a.png", "b.png", 'c,"odd".png']
     assert rows[0]["display_name_1"] == "pink primrose" and float(rows[0]["probability_2"]) == 0.25
     assert rows[1]["class_name_1"] == "" and rows[1]["error"].startswith("truncated")
     assert rows[2]["class_name_1"] == "2" and rows[2]["error"] == ""
+    assert (rows[0]["unfamiliar"], rows[0]["is_unfamiliar"]) == ("0.500000", "true")
+    assert rows[2]["unfamiliar"] == rows[2]["is_unfamiliar"] == ""  # no score: empty
 
 
 def test_json_has_one_record_per_image(tmp_path: Path) -> None:
@@ -42,6 +45,9 @@ def test_json_has_one_record_per_image(tmp_path: Path) -> None:
         "probability": 0.25,
     }
     assert records[1]["top_k"] == [] and records[1]["error"]
+    assert (records[0]["unfamiliar"], records[0]["is_unfamiliar"]) == (0.5, True)
+    assert records[0]["unfamiliar_threshold"] == 0.25
+    assert records[2]["unfamiliar"] is records[2]["is_unfamiliar"] is None
 
 
 @pytest.mark.parametrize("name", ["preds.txt", "preds", "preds.csv.gz"])

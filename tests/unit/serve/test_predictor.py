@@ -92,3 +92,19 @@ def test_an_unknown_device_is_a_user_error(tiny_run: Path) -> None:
 def test_cuda_without_a_cuda_device_is_a_user_error(tiny_run: Path) -> None:
     with pytest.raises(UserError, match="cuda: torch sees no CUDA device here"):
         api.predictor(tiny_run, device="cuda")
+
+
+def test_each_prediction_says_how_unfamiliar_its_image_is(tiny_run: Path) -> None:
+    """A shape like the training ones is familiar; a photo (scikit-image's cat) is not."""
+    from skimage.data import chelsea
+
+    predictor = api.predictor(tiny_run)
+    assert predictor.familiarity is not None
+    shape, cat = predictor.predict([class_image(1, 32, seed=5), chelsea()], top_k=1)
+    for prediction in (shape, cat):
+        assert prediction.unfamiliar_threshold == predictor.familiarity.threshold
+    assert shape.is_unfamiliar is False and cat.is_unfamiliar is True
+    assert cat.to_dict()["is_unfamiliar"] is True and cat.to_dict()["unfamiliar"] > 0
+    # The score comes from the same pass as the probabilities, which stay as they were.
+    probabilities = predictor.predict_proba([class_image(1, 32, seed=5), chelsea()])
+    assert [shape.probability, cat.probability] == pytest.approx(probabilities.max(1), abs=1e-6)

@@ -65,7 +65,21 @@ function showPrediction(file, result) {
   document.getElementById("prediction").textContent =
     `${label(result)} ${percent(result.probability)}`;
   document.getElementById("bars").replaceChildren(...result.top_k.map(bar));
+  showUnfamiliar(result);
   document.getElementById("result").hidden = false;
+}
+
+// An image unlike the training images (a cat given to a digit classifier) still gets a
+// class; the page says so, with the score and the run's threshold.
+function showUnfamiliar(result) {
+  const note = document.getElementById("unfamiliar");
+  note.hidden = result.is_unfamiliar !== true;
+  if (!note.hidden) {
+    note.textContent =
+      `Unfamiliar input: unlike the images the model was trained on (score ` +
+      `${result.unfamiliar.toFixed(3)}, above ${result.unfamiliar_threshold.toFixed(3)}), ` +
+      `so the prediction may mean nothing.`;
+  }
 }
 
 // Start classifying `file`, superseding any upload still in progress.
