@@ -302,13 +302,32 @@ def doctor(
     quiet: bool = False,
     model: str | None = None,
     image_size: int | None = None,
+    deep: bool = False,
+    config: str | Path | None = None,
+    **settings: Any,
 ) -> AuditReport:
     """Audit a data source before training: unreadable and blank files, duplicates and
     leakage, imbalance, missing classes, images tiny for `model` at `image_size` (None:
-    training's defaults). `report.is_clean` is the verdict."""
+    training's defaults). `report.is_clean` is the verdict.
+
+    `deep` also embeds every image with the model's pretrained backbone and finds wrong
+    labels, copies (flipped or cropped ones too) and outliers (`report.deep`). It trains
+    nothing; `config` and `settings` (weights, device, cache_dir, ... as for `train`) say
+    how training would see the images.
+    """
     from torchgraft.data.audit import audit
 
-    return audit(
+    report = audit(
         str(data), val_fraction=val_fraction, seed=seed, workers=workers, quiet=quiet,
         model=model, image_size=image_size,
     )  # fmt: skip
+    if deep:
+        from torchgraft.evaluate.deep_audit import deep_audit_of
+
+        asked = {"model": model, "image_size": image_size, **settings}
+        run_config = train_config(
+            config, data=str(data), val_fraction=val_fraction, seed=seed, quiet=quiet,
+            **{name: value for name, value in asked.items() if value is not None},
+        )  # fmt: skip
+        report.deep = deep_audit_of(report, run_config)
+    return report

@@ -61,9 +61,23 @@ def doctor(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar; only the report.")
     ] = False,
+    deep: Annotated[
+        bool,
+        typer.Option(
+            "--deep",
+            help="Also embed every image with the model's pretrained backbone and find wrong "
+            "labels, copies (flipped or cropped too) that leak across splits, and outliers.",
+        ),
+    ] = False,
+    weights: Annotated[
+        str | None, option("model.weights", "Local weights file of the backbone (--deep).")
+    ] = None,
+    device: Annotated[
+        str | None, option("train.device", "Where --deep runs the backbone: auto, cpu, cuda.")
+    ] = None,
 ) -> None:
     """Audit a dataset: unreadable or blank files, duplicates, leakage, imbalance, missing
-    classes, images tiny for the model.
+    classes, images tiny for the model; with --deep, wrong labels, copies and outliers too.
 
     Exits 0 when it found nothing to act on (notes only), 1 when it found problems, 2 for
     bad input.
@@ -78,10 +92,12 @@ def doctor(
 
     def run() -> AuditReport:
         settings = load_train_config(config, {k: v for k, v in flags.items() if v is not None})
+        deep_settings = {"weights": weights, "device": device} if deep else {}
         return api.doctor(
             data, val_fraction=settings.data.val_fraction, seed=settings.train.seed,
             workers=workers, quiet=quiet, model=settings.model.name,
-            image_size=settings.data.image_size,
+            image_size=settings.data.image_size, deep=deep, config=config,
+            **{name: value for name, value in deep_settings.items() if value is not None},
         )  # fmt: skip
 
     report = guard(run, quiet or json_output)

@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 AUTO_SPLIT = "all"  # the one audited split when train/val are drawn automatically
 CATEGORIES = (
     "unreadable", "blank images", "exact duplicates", "near duplicates", "leakage",
+    "label issues", "semantic duplicates", "outliers",  # --deep
     "imbalance", "missing classes", "tiny images", "modes and sizes",
 )  # fmt: skip
 # An image whose every channel varies by less than one grey level (standard deviation) is
@@ -135,6 +136,15 @@ class Finding:
         return f"{self.category}: {self.detail}"
 
 
+class DeepFindings(Protocol):
+    """What `graft doctor --deep` adds (evaluate.deep_audit.DeepReport, which needs the
+    models this package may not import)."""
+
+    def findings(self) -> list[Finding]: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class AuditReport:
     """What `audit` found. `problems()` lists the findings to fix; `is_clean` when none."""
@@ -161,6 +171,7 @@ class AuditReport:
     model: str = ""  # the model the images are judged for
     image_size: int = 0  # its input side length, as training would resize to
     channels: int = 3  # the channels training would decode to
+    deep: DeepFindings | None = None  # label issues, semantic duplicates, outliers (--deep)
 
     @property
     def is_clean(self) -> bool:
@@ -176,6 +187,7 @@ class AuditReport:
             *_unreadable_findings(self),
             *_blank_findings(self),
             *_duplicate_findings(self),
+            *(self.deep.findings() if self.deep is not None else []),
             *_imbalance_findings(self),
             *_missing_findings(self),
             *_tiny_findings(self),
@@ -183,8 +195,15 @@ class AuditReport:
         ]
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data for JSON: every field, plus is_clean, problems and notes."""
-        data = dataclasses.asdict(self)
+        """Plain data for JSON: every field, plus is_clean, problems and notes. With --deep,
+        `label_issues`, `semantic_duplicates` and `outliers` are top-level keys beside the
+        others, and `deep` holds how they were found."""
+        deep = self.deep.to_dict() if self.deep is not None else None
+        data = dataclasses.asdict(dataclasses.replace(self, deep=None))
+        if deep is not None:
+            for key in ("label_issues", "semantic_duplicates", "outliers"):
+                data[key] = deep.pop(key)
+            data["deep"] = deep
         for key in ("exact_duplicates", "near_duplicates"):
             for entry, duplicates in zip(data[key], getattr(self, key), strict=True):
                 entry["leaks"] = duplicates.leaks
@@ -337,15 +356,21 @@ def _items(data: DataSplits, automatic: bool) -> tuple[list[_Item], list[Path] |
         split = getattr(data, used_in)
         split_name = AUTO_SPLIT if automatic else used_in
         for index, label in enumerate(split.labels.tolist()):
-            if isinstance(split.images, np.ndarray):
-                name = f"{data.source} {used_in} #{index}"
-            else:
+            if not isinstance(split.images, np.ndarray):
                 paths.append(split.images[index])
-                name = printable(_relative(split.images[index], root))
-            items.append(_Item(name, split_name, used_in, label))
+            items.append(_Item(image_name(data, used_in, index, root), split_name, used_in, label))
         if isinstance(split.images, np.ndarray):
             arrays.append(split.images)
     return items, np.concatenate(arrays) if arrays else paths
+
+
+def image_name(data: DataSplits, used_in: str, index: int, root: Path | None = None) -> str:
+    """How the report names image `index` of split `used_in`: its path relative to the data
+    folder (`root`, found from the source when None), or its place in a bundled array."""
+    split = getattr(data, used_in)
+    if isinstance(split.images, np.ndarray):
+        return f"{data.source} {used_in} #{index}"
+    return printable(_relative(split.images[index], root or data_folder(data.source)))
 
 
 def _relative(path: Path, root: Path) -> str:
