@@ -161,3 +161,9 @@ def test_writing_replaces_only_the_named_file(report: AuditReport, tmp_path: Pat
     assert sorted(path.name for path in folder.iterdir()) == ["other.html", "review.html"]
     assert (folder / "review.html").read_text().startswith("<!DOCTYPE html>")
     assert (folder / "other.html").read_text() == "kept"
+
+
+def test_a_source_gone_since_the_audit_leaves_placeholders(tmp_path: Path) -> None:
+    pictures = Thumbnails(str(tmp_path / "moved"), 0.2, 0, channels=3)
+    assert pictures("a/1.png").uri is None
+    assert pictures("a/1.png").reason == "not in the data any more"
