@@ -304,6 +304,7 @@ def doctor(
     image_size: int | None = None,
     deep: bool = False,
     config: str | Path | None = None,
+    html: str | Path | None = None,
     **settings: Any,
 ) -> AuditReport:
     """Audit a data source before training: unreadable and blank files, duplicates and
@@ -314,9 +315,13 @@ def doctor(
     labels, copies (flipped or cropped ones too) and outliers (`report.deep`). It trains
     nothing; `config` and `settings` (weights, device, cache_dir, ... as for `train`) say
     how training would see the images.
+
+    `html` writes a self-contained review page there: the findings that name images, each
+    with its thumbnail (evaluate.doctor_page).
     """
     from torchgraft.data.audit import audit
 
+    page = _page_path(html)  # a path that cannot be written is refused before the audit
     report = audit(
         str(data), val_fraction=val_fraction, seed=seed, workers=workers, quiet=quiet,
         model=model, image_size=image_size,
@@ -330,4 +335,16 @@ def doctor(
             **{name: value for name, value in asked.items() if value is not None},
         )  # fmt: skip
         report.deep = deep_audit_of(report, run_config)
+    if page is not None:
+        from torchgraft.evaluate.doctor_page import write_doctor_page
+
+        write_doctor_page(report, page)
     return report
+
+
+def _page_path(html: str | Path | None) -> Path | None:
+    if html is None:
+        return None
+    from torchgraft.evaluate.doctor_page import check_page_path
+
+    return check_page_path(html)

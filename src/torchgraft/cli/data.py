@@ -75,6 +75,16 @@ def doctor(
     device: Annotated[
         str | None, option("train.device", "Where --deep runs the backbone: auto, cpu, cuda.")
     ] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            help="Also write a self-contained review page to this file: the findings that "
+            "name images, each with its thumbnail (with --deep: label issues, copies, "
+            "outliers too).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Audit a dataset: unreadable or blank files, duplicates, leakage, imbalance, missing
     classes, images tiny for the model; with --deep, wrong labels, copies and outliers too.
@@ -96,7 +106,7 @@ def doctor(
         return api.doctor(
             data, val_fraction=settings.data.val_fraction, seed=settings.train.seed,
             workers=workers, quiet=quiet, model=settings.model.name,
-            image_size=settings.data.image_size, deep=deep, config=config,
+            image_size=settings.data.image_size, deep=deep, config=config, html=html,
             **{name: value for name, value in deep_settings.items() if value is not None},
         )  # fmt: skip
 
@@ -108,6 +118,8 @@ def doctor(
     else:
         for line in _doctor_lines(report):
             typer.echo(line)
+        if html is not None:
+            typer.echo(f"review page: {html}")
     raise typer.Exit(0 if report.is_clean else 1)
 
 

@@ -118,15 +118,18 @@ def load_image(path: Path, channels: int) -> torch.Tensor:
     return decode_file(path, channels)[0]
 
 
-def decode_file(path: Path, channels: int) -> tuple[torch.Tensor, ImageInfo]:
-    """Decode `path` fully (so truncation is caught here), or raise `UnreadableImage`."""
+def decode_file(
+    path: Path, channels: int, *, draft_size: int | None = None
+) -> tuple[torch.Tensor, ImageInfo]:
+    """Decode `path` fully (so truncation is caught here), or raise `UnreadableImage`.
+    `draft_size`: as for `decode_bytes` (a thumbnail need not decode a photo at full size)."""
     try:
         size = path.stat().st_size
     except OSError as error:  # a CSV row naming a missing file, a broken link, no permission
         raise UnreadableImage(path, f"cannot open ({error.strerror or error})") from None
     if size == 0:
         raise UnreadableImage(path, "empty file (0 bytes)")
-    return _decode(path, path, channels)
+    return _decode(path, path, channels, draft_size=draft_size)
 
 
 def decode_bytes(

@@ -1,18 +1,17 @@
 """The evaluation's outputs: figures/*.png, the same figures in TensorBoard, and report.html.
 
-report.html is one self-contained file: figures are embedded as data URIs, styles are inline,
-and there is no script, so it opens offline in any browser and can be mailed as it is.
+report.html is one self-contained file (evaluate.pages): figures are embedded as data URIs,
+styles are inline, and there is no script, so it opens offline in any browser and can be
+mailed as it is.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import json
 import logging
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +19,7 @@ import torch
 from torchgraft.artifact import Run, atomic_write_bytes
 from torchgraft.errors import UserError
 from torchgraft.evaluate import figures
+from torchgraft.evaluate.pages import data_uri, document, escape, section, table
 
 if TYPE_CHECKING:
     from torchgraft.evaluate.evaluator import Evaluation, Scored
@@ -102,25 +102,6 @@ def log_to_tensorboard(run: Run, pngs: dict[str, bytes]) -> None:
             writer.add_image(f"evaluation/{name}", image, global_step=step, dataformats="HWC")
 
 
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-STYLE = """
-body { font: 15px/1.5 system-ui, sans-serif; margin: 0 auto; max-width: 1100px; padding: 1.5em;
-       color: #1d1d1f; }
-h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
-.muted { color: #666; } .cards { display: flex; flex-wrap: wrap; gap: 0.8em; }
-.card { border: 1px solid #ddd; border-radius: 8px; padding: 0.6em 1em; min-width: 9em; }
-.card b { display: block; font-size: 1.5em; }
-table { border-collapse: collapse; margin: 0.5em 0; }
-th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-tr.average td { font-style: italic; background: #f6f6f6; }
-img { max-width: 100%; } td.diagonal { background: #e3efff; font-weight: bold; }
-"""
-
-
 def render_report(run: Run, evaluation: Evaluation, pngs: dict[str, bytes]) -> str:
     """The whole report as one HTML string."""
     info = run.info
@@ -151,36 +132,13 @@ def render_report(run: Run, evaluation: Evaluation, pngs: dict[str, bytes]) -> s
     ]
     if evaluation.familiar is not None:  # before the configuration, the last section
         sections.insert(-1, section("Unfamiliar inputs", familiar_body(evaluation.familiar)))
-    title = f"torchgraft report: {run.path.name}"
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
-        f"<h1>{escape(title)}</h1>{''.join(sections)}</body></html>\n"
-    )
-
-
-def escape(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def section(title: str, body: str) -> str:
-    anchor = "section-" + title.lower().replace(" ", "-")
-    return f'<section id="{escape(anchor)}"><h2>{escape(title)}</h2>{body}</section>'
+    return document(f"torchgraft report: {run.path.name}", "".join(sections))
 
 
 def image_tag(png: bytes | None, element_id: str, alt: str) -> str:
     if png is None:
         return '<p class="muted">No metrics.csv in this run (trained elsewhere?).</p>'
     return f'<img id="{element_id}" alt="{escape(alt)}" src="{data_uri(png)}">'
-
-
-def table(headers: list[str], rows: list[list[Any]], element_id: str = "") -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
-    )
-    attribute = f' id="{element_id}"' if element_id else ""
-    return f"<table{attribute}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def overview(run: Run, evaluation: Evaluation) -> str:
