@@ -10,7 +10,10 @@ process start, embeddings included (a fresh cache folder, so nothing is reused).
 JSON object: recall and precision of the planted flips among `label_issues`, the planted
 leaks found among the `semantic_duplicates` groups that span train and val, and the time.
 
-    python benchmarks/label_issues.py [--seed 0] [--keep DIR] [--runs 1]
+    python benchmarks/label_issues.py [--seed 0] [--keep DIR] [--runs 1] [--figure PNG]
+
+`--figure` draws the listed issues that were not planted (MNIST's own label errors, or the
+probe's mistakes) with their given and suggested labels, for a person to judge.
 """
 
 from __future__ import annotations
@@ -126,11 +129,35 @@ def score(report: dict[str, Any], planted: Planted) -> dict[str, Any]:
     }
 
 
+def draw_unplanted(issues: list[dict[str, Any]], folder: Path, path: Path, count: int = 16) -> None:
+    """A grid of the first `count` issues that were not planted, captioned given -> suggested."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = issues[:count]
+    columns = 8
+    rows = max(1, -(-len(shown) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.3, rows * 1.9))
+    for axis in np.atleast_1d(axes).flat:
+        axis.axis("off")
+    for axis, issue in zip(np.atleast_1d(axes).flat, shown, strict=False):
+        axis.imshow(Image.open(folder / issue["file"]).convert("L"), cmap="gray")
+        axis.set_title(
+            f"{issue['given']} -> {issue['suggested']}\n{issue['confidence']:.0%}", fontsize=9
+        )
+    figure.suptitle("doctor --deep: listed issues not planted (given -> suggested, confidence)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=int, default=1, help="doctor runs; the median is kept")
     parser.add_argument("--keep", type=Path, help="write the planted data here and keep it")
+    parser.add_argument("--figure", type=Path, help="draw the issues not planted to this PNG")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.keep or Path(scratch) / "mnist5k-planted"
@@ -139,9 +166,12 @@ def main() -> None:
         for run in range(args.runs):
             report, seconds = run_doctor(folder, Path(scratch) / f"cache{run}")
             times.append(seconds)
+        scored = score(report, planted)
+        if args.figure:
+            draw_unplanted(scored["not_planted"], folder, args.figure)
     result = {
         "benchmark": "label_issues", "seed": args.seed, "machine": platform.processor()
-        or platform.machine(), "cores": os.cpu_count(), **score(report, planted),
+        or platform.machine(), "cores": os.cpu_count(), **scored,
         "doctor_seconds": [round(t, 1) for t in times],
         "doctor_seconds_median": round(statistics.median(times), 1),
     }  # fmt: skip
