@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from torchgraft.data.audit import AuditReport
+    from torchgraft.data.sources import DataSplits
     from torchgraft.evaluate import Evaluation
     from torchgraft.explain import Explanations
     from torchgraft.export import BenchmarkReport, ExportReport
@@ -303,6 +304,7 @@ def doctor(
     model: str | None = None,
     image_size: int | None = None,
     deep: bool = False,
+    fix: str | Path | None = None,
     config: str | Path | None = None,
     html: str | Path | None = None,
     **settings: Any,
@@ -316,17 +318,22 @@ def doctor(
     nothing; `config` and `settings` (weights, device, cache_dir, ... as for `train`) say
     how training would see the images.
 
+    `fix` (with `deep`) names a new CSV label file to write: every image, with the class
+    suggested for each label issue in place of its label, for `train(fix)`
+    (`report.label_fix`). The images are not touched and no existing file is overwritten.
     `html` writes a self-contained review page there: the findings that name images, each
     with its thumbnail (evaluate.doctor_page).
     """
     from torchgraft.data.audit import audit
 
     page = _page_path(html)  # a path that cannot be written is refused before the audit
+    fix_target = _fix_target(data, fix, deep, val_fraction, seed)  # refused before the audit
     report = audit(
         str(data), val_fraction=val_fraction, seed=seed, workers=workers, quiet=quiet,
         model=model, image_size=image_size,
     )  # fmt: skip
     if deep:
+        from torchgraft.data.label_fix import write_fixed_labels
         from torchgraft.evaluate.deep_audit import deep_audit_of
 
         asked = {"model": model, "image_size": image_size, **settings}
@@ -334,7 +341,10 @@ def doctor(
             config, data=str(data), val_fraction=val_fraction, seed=seed, quiet=quiet,
             **{name: value for name, value in asked.items() if value is not None},
         )  # fmt: skip
-        report.deep = deep_audit_of(report, run_config)
+        report.deep = deep_report = deep_audit_of(report, run_config)
+        if fix_target is not None:
+            corrections = {issue.file: issue.suggested for issue in deep_report.label_issues}
+            report.label_fix = write_fixed_labels(fix_target[1], corrections, fix_target[0])
     if page is not None:
         from torchgraft.evaluate.doctor_page import write_doctor_page
 
@@ -348,3 +358,23 @@ def _page_path(html: str | Path | None) -> Path | None:
     from torchgraft.evaluate.doctor_page import check_page_path
 
     return check_page_path(html)
+
+
+def _fix_target(
+    data: str | Path, fix: str | Path | None, deep: bool, val_fraction: float, seed: int
+) -> tuple[Path, DataSplits] | None:
+    """The label file to write and the splits it will list (those the audit examines), once
+    it is known that the file can be written."""
+    if fix is None:
+        return None
+    if not deep:
+        raise UserError(
+            f"--fix {fix} needs --deep: the corrected labels are the deep audit's suggestions. "
+            f"Run graft doctor {data} --deep --fix {fix}"
+        )
+    from torchgraft.data.label_fix import check_fix_target
+    from torchgraft.data.sources import load_data
+
+    splits = load_data(str(data), val_fraction=val_fraction, seed=seed)
+    check_fix_target(Path(fix), splits)
+    return Path(fix), splits

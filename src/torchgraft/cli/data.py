@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -69,6 +70,17 @@ def doctor(
             "labels, copies (flipped or cropped too) that leak across splits, and outliers.",
         ),
     ] = False,
+    fix: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --deep: write a new CSV label file here, every image with the suggested "
+            "class in place of its label for each label issue, to train on with `graft train "
+            "FILE`. Review the label issues first (this report, --json): the suggestions are a "
+            "probe's guesses. Images are never moved or deleted; an existing file is never "
+            "overwritten.",
+            show_default=False,
+        ),
+    ] = None,
     weights: Annotated[
         str | None, option("model.weights", "Local weights file of the backbone (--deep).")
     ] = None,
@@ -87,7 +99,8 @@ def doctor(
     ] = None,
 ) -> None:
     """Audit a dataset: unreadable or blank files, duplicates, leakage, imbalance, missing
-    classes, images tiny for the model; with --deep, wrong labels, copies and outliers too.
+    classes, images tiny for the model; with --deep, wrong labels, copies and outliers too
+    (and with --fix, a corrected label file to train on).
 
     Exits 0 when it found nothing to act on (notes only), 1 when it found problems, 2 for
     bad input.
@@ -106,7 +119,8 @@ def doctor(
         return api.doctor(
             data, val_fraction=settings.data.val_fraction, seed=settings.train.seed,
             workers=workers, quiet=quiet, model=settings.model.name,
-            image_size=settings.data.image_size, deep=deep, config=config, html=html,
+            image_size=settings.data.image_size, deep=deep, fix=fix, config=config,
+            html=html,
             **{name: value for name, value in deep_settings.items() if value is not None},
         )  # fmt: skip
 
@@ -155,6 +169,12 @@ def _doctor_lines(report: AuditReport) -> list[str]:
     judged = f"{report.model} at {report.image_size} px, {report.channels} channel(s)"
     lines += ["", f"judged for training {judged} (--model, --image-size)"]
     lines.append(f"{problems} problem(s) found" if problems else "no problems found")
+    if report.label_fix is not None:
+        path = report.label_fix.path
+        lines.append(
+            f"wrote {report.label_fix.corrected} corrected labels to {path}; "
+            f"train with: graft train {shlex.quote(path)}"
+        )
     return lines
 
 

@@ -49,6 +49,7 @@ from torchgraft.errors import UserError
 
 if TYPE_CHECKING:
     from torchgraft.artifact import Preprocessing
+    from torchgraft.data.label_fix import FixedLabels
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +173,7 @@ class AuditReport:
     image_size: int = 0  # its input side length, as training would resize to
     channels: int = 3  # the channels training would decode to
     deep: DeepFindings | None = None  # label issues, semantic duplicates, outliers (--deep)
+    label_fix: FixedLabels | None = None  # the corrected label file written (--fix)
 
     @property
     def is_clean(self) -> bool:

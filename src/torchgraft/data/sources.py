@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -293,10 +294,12 @@ def _read_label_rows(path: Path) -> list[_LabelRow]:
     csv_file = path.suffix.lower() == ".csv"
     try:
         # utf-8-sig: Excel starts its UTF-8 CSVs with a byte-order mark, which would otherwise
-        # become part of the first column's name ("\ufeffpath").
-        text = path.read_text(encoding="utf-8-sig")
+        # become part of the first column's name ("\ufeffpath"). Bytes decoded, not read as
+        # text, and CSV records read, not lines: a quoted line break in a file name stays.
+        text = path.read_bytes().decode("utf-8-sig")
         if csv_file:
-            rows: list[object] = [dict(row) for row in csv.DictReader(text.splitlines())]
+            quoted = csv.DictReader(io.StringIO(text, newline=""))
+            rows: list[object] = [dict(row) for row in quoted]
         else:
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     except UnicodeDecodeError as error:  # Latin-1 or UTF-16, as some spreadsheets save

@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 import shutil
@@ -201,3 +202,19 @@ def test_a_latin1_label_file_is_told_to_be_saved_as_utf8(tmp_path: Path) -> None
         UserError, match=r"not UTF-8 \(byte \d+ is b'\\xe9'\); save the file as UTF-8"
     ):
         load_data(str(labels))
+
+
+def test_a_quoted_line_break_in_a_csv_path_stays_in_the_name(tmp_path: Path) -> None:
+    make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=2)
+    odd = tmp_path / "imgs/a/two\r\nlines.png"
+    shutil.copy(tmp_path / "imgs/a/a_000.png", odd)
+    with (tmp_path / "labels.csv").open("w", newline="") as file:  # quoted, "\r\n" line ends
+        csv.writer(file).writerows(
+            [["path", "label"]]
+            + [
+                [p.relative_to(tmp_path).as_posix(), p.parent.name]
+                for p in odd.parent.parent.rglob("*.png")
+            ]
+        )
+    splits = load_data(str(tmp_path / "labels.csv"), val_fraction=0.0)
+    assert odd in splits.train.images and len(splits.train) == 5
