@@ -159,6 +159,8 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="write the planted data here and keep it")
     parser.add_argument("--figure", type=Path, help="draw the issues not planted to this PNG")
     args = parser.parse_args()
+    if args.keep and args.keep.exists() and any(args.keep.iterdir()):
+        raise SystemExit(f"--keep {args.keep}: not empty; planting twice would skew the scores")
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.keep or Path(scratch) / "mnist5k-planted"
         planted = plant(folder, args.seed)

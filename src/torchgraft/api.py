@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from torchgraft.data.audit import AuditReport
     from torchgraft.data.sources import DataSplits
     from torchgraft.evaluate import Evaluation
+    from torchgraft.evaluate.deep_audit import DeepReport
     from torchgraft.explain import Explanations
     from torchgraft.export import BenchmarkReport, ExportReport
     from torchgraft.serve.server import ServerSettings
@@ -297,8 +298,8 @@ def serve(
 def doctor(
     data: str | Path,
     *,
-    val_fraction: float = 0.2,
-    seed: int = 0,
+    val_fraction: float | None = None,
+    seed: int | None = None,
     workers: int = 2,
     quiet: bool = False,
     model: str | None = None,
@@ -310,13 +311,16 @@ def doctor(
     **settings: Any,
 ) -> AuditReport:
     """Audit a data source before training: unreadable and blank files, duplicates and
-    leakage, imbalance, missing classes, images tiny for `model` at `image_size` (None:
-    training's defaults). `report.is_clean` is the verdict.
+    leakage, imbalance, missing classes, images tiny for `model` at `image_size`. What is not
+    given comes from `config` (a training YAML), else training's defaults: the split
+    (`val_fraction`, `seed`) is the one that training would draw. `report.is_clean` is the
+    verdict.
 
     `deep` also embeds every image with the model's pretrained backbone and finds wrong
     labels, copies (flipped or cropped ones too) and outliers (`report.deep`). It trains
-    nothing; `config` and `settings` (weights, device, cache_dir, ... as for `train`) say
-    how training would see the images.
+    nothing; `settings` (weights, device, cache_dir, ... as for `train`) say how training
+    would see the images. When it cannot run (no readable image, no weights offline) the
+    pixel-level report is still returned, with a warning.
 
     `fix` (with `deep`) names a new CSV label file to write: every image, with the class
     suggested for each label issue in place of its label, for `train(fix)`
@@ -324,32 +328,49 @@ def doctor(
     `html` writes a self-contained review page there: the findings that name images, each
     with its thumbnail (evaluate.doctor_page).
     """
+    from dataclasses import replace
+
     from torchgraft.data.audit import audit
 
+    asked = {"model": model, "image_size": image_size, "val_fraction": val_fraction,
+             "seed": seed, **settings}  # fmt: skip
+    run_config = train_config(
+        config, data=str(data), quiet=quiet,
+        **{name: value for name, value in asked.items() if value is not None},
+    )  # fmt: skip
+    # Every file is examined, whatever exclusion list the config names for training.
+    run_config = replace(run_config, data=replace(run_config.data, exclude=None))
+    val_fraction, seed = run_config.data.val_fraction, run_config.train.seed
     page = _page_path(html)  # a path that cannot be written is refused before the audit
     fix_target = _fix_target(data, fix, deep, val_fraction, seed)  # refused before the audit
     report = audit(
         str(data), val_fraction=val_fraction, seed=seed, workers=workers, quiet=quiet,
-        model=model, image_size=image_size,
+        model=run_config.model.name, image_size=run_config.data.image_size,
     )  # fmt: skip
-    if deep:
+    deep_report = _deep_findings(report, run_config) if deep else None
+    report.deep = deep_report
+    if deep_report is not None and fix_target is not None:
         from torchgraft.data.label_fix import write_fixed_labels
-        from torchgraft.evaluate.deep_audit import deep_audit_of
 
-        asked = {"model": model, "image_size": image_size, **settings}
-        run_config = train_config(
-            config, data=str(data), val_fraction=val_fraction, seed=seed, quiet=quiet,
-            **{name: value for name, value in asked.items() if value is not None},
-        )  # fmt: skip
-        report.deep = deep_report = deep_audit_of(report, run_config)
-        if fix_target is not None:
-            corrections = {issue.file: issue.suggested for issue in deep_report.label_issues}
-            report.label_fix = write_fixed_labels(fix_target[1], corrections, fix_target[0])
+        corrections = {issue.file: issue.suggested for issue in deep_report.label_issues}
+        report.label_fix = write_fixed_labels(fix_target[1], corrections, fix_target[0])
     if page is not None:
         from torchgraft.evaluate.doctor_page import write_doctor_page
 
         write_doctor_page(report, page)
     return report
+
+
+def _deep_findings(report: AuditReport, config: RunConfig) -> DeepReport | None:
+    """The deep audit, or None with a warning when it cannot run: the pixel-level findings
+    (every unreadable file, say) are worth having all the same."""
+    from torchgraft.evaluate.deep_audit import deep_audit_of
+
+    try:
+        return deep_audit_of(report, config)
+    except UserError as error:
+        logging.getLogger(__name__).warning("the deep audit did not run: %s", error)
+        return None
 
 
 def _page_path(html: str | Path | None) -> Path | None:

@@ -4,8 +4,11 @@
 removes them from every split. The list is `graft doctor DATA --json` output or a CSV:
 
 - From a doctor JSON: every file under `label_issues`, `outliers`, `unreadable` and
-  `blank_images`; and of each group of copies (`exact_duplicates`, `near_duplicates`,
-  `semantic_duplicates`; groups that share a file count as one group), every copy but one.
+  `blank_images`; and of each group of copies (`exact_duplicates`, `near_duplicates`, and
+  the `semantic_duplicates` that span splits; groups that share a file count as one group),
+  every copy but one. Semantic groups within one split are left alone: the network finds
+  different pictures of simple shapes (hand-written 1s) as alike as copies, so only a
+  leak is worth an image.
   The copy kept is, in this order of preference: one not dropped for a reason above; one in
   val or test when the copies span splits (so training no longer holds a copy of an
   evaluation image); the first listed. `tiny_images` are kept: a note about resolution, not
@@ -185,6 +188,8 @@ def _groups(path: Path, report: dict[str, Any]) -> list[list[tuple[str, str]]]:
             splits = entry.get("splits")
             if not isinstance(splits, list) or len(splits) != len(files):
                 splits = [""] * len(files)
+            if key == "semantic_duplicates" and len(set(splits) - {""}) < 2:
+                continue  # not a leak (see the module's docstring)
             groups.append([(file, str(split)) for file, split in zip(files, splits, strict=True)])
     return groups
 

@@ -28,9 +28,9 @@ from torchgraft.data import load_run_splits
 from torchgraft.data.audit import AuditReport, Finding, image_name, linked_groups
 from torchgraft.evaluate.embeddings import Embeddings, embed
 from torchgraft.evaluate.label_issues import (
-    FOLDS,
     LabelIssue,
     find_label_issues,
+    fold_count,
     out_of_fold_probabilities,
 )
 from torchgraft.evaluate.neighbours import knn_distance, nearest
@@ -94,7 +94,7 @@ class DeepReport:
     image_size: int  # ... at this input size
     images: int  # images embedded
     probe_accuracy: float  # out-of-fold accuracy of the probe against the given labels
-    folds: int
+    folds: int  # of the probe (0: no class had 2 images, no label issues looked for)
     duplicate_similarity: float  # the threshold used
     outlier_ratio: float  # the threshold used
     seconds: float  # time taken, embeddings included
@@ -128,15 +128,20 @@ def deep_audit(
     embeddings = embed(config, quiet=quiet)
     places = zip(embeddings.split, embeddings.index.tolist(), strict=True)
     names = [name_of(split, index) for split, index in places]
-    probabilities = out_of_fold_probabilities(
-        embeddings.plain, embeddings.labels, len(class_names), seed=config.train.seed
-    )
+    folds = fold_count(embeddings.labels)
+    issues, accuracy = [], 0.0
+    if folds >= 2:
+        probabilities = out_of_fold_probabilities(
+            embeddings.plain, embeddings.labels, len(class_names), seed=config.train.seed
+        )
+        accuracy = float((probabilities.argmax(1) == embeddings.labels).mean())
+        issues = _label_issues(probabilities, embeddings, names, class_names)
+    else:
+        logger.warning("no label issues looked for: every class has a single readable image")
     comparable = np.array([name not in leave_out for name in names])
     report = DeepReport(
-        embeddings.model, embeddings.image_size, len(names),
-        float((probabilities.argmax(1) == embeddings.labels).mean()),
-        min(FOLDS, len(names)), DUPLICATE_SIMILARITY, OUTLIER_RATIO, 0.0,
-        _label_issues(probabilities, embeddings, names, class_names),
+        embeddings.model, embeddings.image_size, len(names), accuracy, folds,
+        DUPLICATE_SIMILARITY, OUTLIER_RATIO, 0.0, issues,
         _semantic_duplicates(embeddings, names, class_names, comparable),
         _outliers(embeddings, names, class_names, comparable),
     )  # fmt: skip

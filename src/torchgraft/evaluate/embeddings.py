@@ -33,10 +33,11 @@ import torch
 from torch.nn import functional
 from tqdm.auto import tqdm
 
-from torchgraft.config import RunConfig
+from torchgraft.config import ModelConfig, RunConfig
 from torchgraft.data import DecodedSplit, decode_split, load_run_splits, make_loader, split_datasets
 from torchgraft.data.cache import cache_root
 from torchgraft.devices import resolve_device
+from torchgraft.errors import UserError
 from torchgraft.evaluate.neighbours import normalized
 from torchgraft.models import GraftedClassifier, get_spec
 from torchgraft.train.features import (
@@ -59,7 +60,9 @@ _GRID = 2  # each middle feature map is pooled to GRID x GRID: coarse layout is 
 # levels for the border to count as background (JPEG noise and antialiasing stay below it).
 BACKGROUND_TOLERANCE = 24
 _CONTENT_MARGIN = 0.1  # background kept around the content, as a share of its longer side
-_BATCH = 256
+# Bump when the embeddings would differ for the same images and backbone (the stages, the
+# grid, the content box): the cache tags carry it, so old entries are not read.
+EMBEDDING_FORMAT = 1
 _VIEWS = ("embedding", "content", "content|mirrored")  # cache tags of the three embeddings
 
 
@@ -84,8 +87,16 @@ def embed(config: RunConfig, quiet: bool = False) -> Embeddings:
     the images are split and decoded as that run would, and embedded by its pretrained
     backbone on `config.train.device`.
     """
+    spec = get_spec(config.model.name)
+    if not (spec.pretrainable and config.model.pretrained):
+        raise UserError(
+            f"--deep needs a pretrained backbone to judge the images by, and "
+            f"{config.model.name} would start from random weights. Leave out --model to use "
+            f"the bundled {ModelConfig().name}, or name a pretrained timm model (--weights FILE "
+            "when offline)."
+        )
     splits = load_run_splits(config)
-    preprocessing = resolve_preprocessing(get_spec(config.model.name), config.data, splits)
+    preprocessing = resolve_preprocessing(spec, config.data, splits)
     model = build_model(config, preprocessing, len(splits.class_names), pretrained=True)
     device = resolve_device(config.train.device)
     model.to(device).eval()
@@ -109,7 +120,10 @@ def embed(config: RunConfig, quiet: bool = False) -> Embeddings:
         rows["split"] += [name] * len(labels)
         rows["index"].append(split.kept)
         rows["labels"].append(labels)
-        rows["views"].append(_embed_split(model, dataset, key, cache_dir, device, name, quiet))
+        batch = config.data.batch_size
+        rows["views"].append(
+            _embed_split(model, dataset, key, cache_dir, device, name, batch, quiet)
+        )
     if not rows["split"]:
         raise _nothing_readable(decoded)
     plain, content, mirrored = (torch.cat(view) for view in zip(*rows["views"], strict=True))
@@ -121,7 +135,7 @@ def embed(config: RunConfig, quiet: bool = False) -> Embeddings:
 
 def _embed_split(
     model: GraftedClassifier, dataset: Any, key: str, cache_dir: Path | None,
-    device: torch.device, name: str, quiet: bool,
+    device: torch.device, name: str, batch_size: int, quiet: bool,
 ) -> list[torch.Tensor]:  # fmt: skip
     """The three embeddings of one split: from the cache, or one pass over the images that
     also leaves training's frozen-phase features in the cache."""
@@ -131,27 +145,42 @@ def _embed_split(
     if stored and all(entry is not None for entry in stored):
         logger.info("embedding cache hit: %s (%d images)", paths[0], len(labels))
         return [entry.tensors[0] for entry in stored if entry is not None]
-    pooled, *views = _backbone_pass(model, dataset, device, f"embedding {name}", quiet)
+    pooled, *views = _backbone_pass(model, dataset, device, batch_size, name, quiet)
     if cache_dir is not None:
-        if not entry_path(cache_dir, key).is_file():  # what training's frozen phase computes
-            write_entry(entry_path(cache_dir, key), pooled, labels)
+        training = entry_path(cache_dir, key)  # what training's frozen phase computes
+        if not training.is_file() and _same_as_training(model, dataset, pooled, device):
+            write_entry(training, pooled, labels)
         for path, view in zip(paths, views, strict=True):
             write_entry(path, view, labels)
     return views
 
 
 def _tagged(key: str, tag: str) -> str:
-    return hashlib.sha256(f"{key}|{tag}".encode()).hexdigest()[:24]
+    return hashlib.sha256(f"{key}|{tag}|{EMBEDDING_FORMAT}".encode()).hexdigest()[:24]
+
+
+@torch.no_grad()
+def _same_as_training(
+    model: GraftedClassifier, dataset: Any, pooled: torch.Tensor, device: torch.device
+) -> bool:
+    """Whether the pass's pooled features are model.features' (checked on a few images):
+    only then may training's frozen head read them from the cache."""
+    images = torch.stack([dataset[index][0] for index in range(min(4, len(dataset)))])
+    expected = model.features(images.to(device)).float().cpu()
+    return bool(torch.allclose(pooled[: len(expected)], expected, rtol=1e-4, atol=1e-4))
 
 
 @torch.no_grad()
 def _backbone_pass(
-    model: GraftedClassifier, dataset: Any, device: torch.device, description: str, quiet: bool
-) -> list[torch.Tensor]:
-    """[training's pooled features, embeddings, content embeddings, mirrored ones]."""
+    model: GraftedClassifier, dataset: Any, device: torch.device, batch_size: int, name: str,
+    quiet: bool,
+) -> list[torch.Tensor]:  # fmt: skip
+    """[training's pooled features, embeddings, content embeddings, mirrored ones]: each
+    batch passes the backbone three times, so batches are training's size, not twice it."""
     middle = middle_stages(model.net)
     outputs: list[list[torch.Tensor]] = [[], [], [], []]
-    loader = make_loader(dataset, _BATCH, False, 0)
+    loader = make_loader(dataset, batch_size, False, 0)
+    description = f"embedding {name}"
     for images, _ in tqdm(loader, desc=description, disable=quiet, leave=False):
         images = images.to(device, non_blocking=True)
         content = torch.stack([content_box(image) for image in images])
@@ -219,8 +248,6 @@ def content_box(image: torch.Tensor) -> torch.Tensor:
 
 
 def _nothing_readable(decoded: dict[str, DecodedSplit]) -> Exception:
-    from torchgraft.errors import UserError
-
     skipped = [s for split in decoded.values() for s in split.skipped]
     reasons = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:3])
     return UserError(f"no readable image to embed ({len(skipped)} skipped: {reasons})")

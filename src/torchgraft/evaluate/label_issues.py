@@ -41,10 +41,12 @@ def out_of_fold_probabilities(
     embeddings: torch.Tensor, labels: np.ndarray, num_classes: int, seed: int = 0
 ) -> np.ndarray:
     """(N, num_classes) probabilities, each row from a probe trained without that row's
-    fold (stratified, seeded)."""
+    fold (stratified, seeded). Needs fold_count(labels) >= 2."""
     from sklearn.model_selection import StratifiedKFold
 
-    folds = min(FOLDS, int(np.bincount(labels, minlength=num_classes).max()))
+    folds = fold_count(labels)
+    if folds < 2:
+        raise ValueError("out-of-fold probabilities need a class with 2 images or more")
     probabilities = np.zeros((len(labels), num_classes))
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():  # a class smaller than K: some folds miss it, as intended
@@ -56,9 +58,14 @@ def out_of_fold_probabilities(
     return probabilities
 
 
+def fold_count(labels: np.ndarray) -> int:
+    """FOLDS, or fewer when no class has that many images (each fold holds one of a class)."""
+    return min(FOLDS, int(np.bincount(labels).max())) if len(labels) else 0
+
+
 def fit_probe(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int) -> LinearProbe:
     """Logistic regression by full-batch L-BFGS: deterministic, seconds for 5,000 images."""
-    mean, scale = embeddings.mean(0), embeddings.std(0) + 1e-6
+    mean, scale = embeddings.mean(0), embeddings.std(0, correction=0) + 1e-6
     inputs = (embeddings - mean) / scale
     weight = torch.zeros(inputs.shape[1], num_classes, requires_grad=True)
     bias = torch.zeros(num_classes, requires_grad=True)

@@ -59,15 +59,18 @@ def test_every_listed_kind_is_dropped_but_tiny_images_are_not(tmp_path: Path) ->
         "exact_duplicates": [{"files": ["a/1.png", "a/2.png", "a/3.png"],
                               "splits": ["train"] * 3}],
         "near_duplicates": [{"files": ["b/1.png", "b/2.png"], "splits": ["train", "val"]}],
-        "semantic_duplicates": [{"files": ["c/1.png", "c/2.png"], "similarity": 0.99}],
+        "semantic_duplicates": [
+            {"files": ["c/1.png", "c/2.png"], "splits": ["train", "train"], "similarity": 0.99},
+            {"files": ["d/1.png", "d/2.png"], "splits": ["train", "val"], "similarity": 0.99},
+        ],
     }  # fmt: skip
     dropped = read_exclusions(write_json(tmp_path / "issues.json", report))
     assert dropped == {
         "a/bad.png", "a/blank.png", "b/cat.png", "b/odd.png",
         "a/2.png", "a/3.png",  # one split: the first copy kept
         "b/1.png",  # across splits: the val copy kept
-        "c/2.png",  # no splits given: the first kept
-    }  # fmt: skip
+        "d/1.png",  # a semantic copy across splits: the val one kept
+    }  # fmt: skip  # c/*: semantic copies within one split are left alone
 
 
 @pytest.mark.parametrize(

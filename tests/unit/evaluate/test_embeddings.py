@@ -39,3 +39,14 @@ def test_the_middle_stages_are_the_stride_8_and_16_ones():
         "mlp", 3, channels=1, mean=(0.5,), std=(0.5,), image_size=28, pretrained=False
     )
     assert middle_stages(scratch.net) == []
+
+
+def test_deep_with_a_random_network_says_so_and_keeps_the_pixel_report(tmp_path, caplog):
+    from torchgraft import api
+    from torchgraft.testing import make_image_folder
+
+    folder = make_image_folder(tmp_path / "shapes", per_class=4)
+    report = api.doctor(folder, deep=True, model="mlp", workers=0, quiet=True)
+    assert report.deep is None
+    assert report.counts["all"]["circle"] == 4
+    assert "needs a pretrained backbone" in caplog.text
