@@ -74,6 +74,7 @@ class Embeddings:
     content: torch.Tensor  # (N, D) of its content, borders trimmed (content_box)
     mirrored: torch.Tensor  # (N, D) of that content flipped left to right
     model: str  # the backbone that embedded them
+    image_size: int  # ... at this input size
 
 
 def embed(config: RunConfig, quiet: bool = False) -> Embeddings:
@@ -114,7 +115,7 @@ def embed(config: RunConfig, quiet: bool = False) -> Embeddings:
     plain, content, mirrored = (torch.cat(view) for view in zip(*rows["views"], strict=True))
     return Embeddings(
         rows["split"], np.concatenate(rows["index"]), np.concatenate(rows["labels"]),
-        plain, content, mirrored, config.model.name,
+        plain, content, mirrored, config.model.name, preprocessing.image_size,
     )  # fmt: skip
 
 
