@@ -89,3 +89,9 @@ def test_a_second_run_reads_the_embeddings_back(planted: dict, deep_report: dict
     assert done.stderr.count("embedding cache hit") == 2, done.stderr  # train and val
     top = deep_report["label_issues"][0]
     assert f"{top['file']} ({top['split']}): labelled {top['given']}" in done.stdout
+
+
+def test_backbone_options_without_deep_are_refused(planted: dict) -> None:
+    done = graft("doctor", str(planted["root"]), "--device", "cpu")
+    assert done.returncode == 2
+    assert "add --deep" in done.stderr

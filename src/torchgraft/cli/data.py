@@ -105,6 +105,13 @@ def doctor(
     Exits 0 when it found nothing to act on (notes only), 1 when it found problems, 2 for
     bad input.
     """
+    if not deep and (weights is not None or device is not None):
+        typer.echo(
+            "error: --weights and --device choose the backbone --deep embeds the images with: "
+            "add --deep, or leave them out.",
+            err=True,
+        )
+        raise typer.Exit(2)
     from torchgraft import api
     from torchgraft.config import load_train_config
 

@@ -70,8 +70,15 @@ class _Group(Protocol):
 
 def check_page_path(path: str | Path) -> Path:
     """The page's path, refused before any audit work (minutes, with --deep) when it cannot
-    be written: a folder, under a file, or in a folder this user may not write to."""
+    be written: a folder, under a file, in a folder this user may not write to, or an
+    existing file that is not an HTML page (an image or a config named by mistake is never
+    replaced)."""
     page = Path(path).expanduser()
+    if page.is_file() and page.suffix.lower() not in (".html", ".htm"):
+        raise UserError(
+            f"{page} exists and is not an HTML page: the review page (--html) would replace "
+            f"it. Name a new file, e.g. {page.with_suffix('.html')}."
+        )
     if page.is_dir():
         raise UserError(
             f"the review page (--html) must be a file, and {page} is a folder: name a file, "

@@ -152,6 +152,14 @@ def test_the_page_path_is_refused_when_it_cannot_be_a_file(tmp_path: Path) -> No
     assert check_page_path(tmp_path / "new" / "page.html") == tmp_path / "new" / "page.html"
 
 
+def test_an_existing_file_that_is_not_a_page_is_never_replaced(tmp_path: Path) -> None:
+    photo = tmp_path / "cat.jpg"
+    photo.write_bytes(b"a user's photo")
+    with pytest.raises(UserError, match="is not an HTML page"):
+        check_page_path(photo)
+    assert photo.read_bytes() == b"a user's photo"
+
+
 def test_writing_replaces_only_the_named_file(report: AuditReport, tmp_path: Path) -> None:
     folder = tmp_path / "out"
     folder.mkdir()
