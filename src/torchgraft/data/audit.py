@@ -82,14 +82,13 @@ class UnreadableFile:
 
 
 @dataclass(frozen=True)
-class Duplicates:
-    """Copies of one image: an exact group (same bytes) or a near group (similar pictures,
-    every pair linked through a chain of similar pairs)."""
+class CopyGroup:
+    """Copies of one image, each with the split it is used in and the class it is labelled
+    as: the pixel-level Duplicates here, the deep audit's semantic ones."""
 
     files: list[str]  # relative to the data folder
     splits: list[str]  # the split each copy is used in (train, val, test)
     classes: list[str]  # the class each copy is labelled as
-    distance: int  # largest perceptual hash distance of a linked pair; 0 for exact duplicates
 
     @property
     def leaks(self) -> bool:
@@ -105,6 +104,22 @@ class Duplicates:
     def conflicting_labels(self) -> bool:
         """True when the copies are labelled as different classes."""
         return len(set(self.classes)) > 1
+
+
+@dataclass(frozen=True)
+class Duplicates(CopyGroup):
+    """An exact group (same bytes) or a near group (similar pictures, every pair linked
+    through a chain of similar pairs)."""
+
+    distance: int  # largest perceptual hash distance of a linked pair; 0 for exact duplicates
+
+
+def copy_group_dicts(groups: Sequence[CopyGroup]) -> list[dict[str, Any]]:
+    """Plain data for JSON: each group's fields, plus whether it leaks and the splits it spans."""
+    return [
+        {**dataclasses.asdict(group), "leaks": group.leaks, "spans": group.spans}
+        for group in groups
+    ]
 
 
 @dataclass(frozen=True)
@@ -207,9 +222,7 @@ class AuditReport:
                 data[key] = deep.pop(key)
             data["deep"] = deep
         for key in ("exact_duplicates", "near_duplicates"):
-            for entry, duplicates in zip(data[key], getattr(self, key), strict=True):
-                entry["leaks"] = duplicates.leaks
-                entry["spans"] = duplicates.spans
+            data[key] = copy_group_dicts(getattr(self, key))
         data["problems"] = self.problems()
         data["is_clean"] = not data["problems"]
         data["notes"] = [finding.line for finding in self.findings() if not finding.problem]

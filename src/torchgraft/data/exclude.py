@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from torchgraft.data.audit import linked_groups
 from torchgraft.data.sources import IMAGE_EXTENSIONS, DataSplits, data_folder, printable
 from torchgraft.errors import UserError
 
@@ -195,29 +196,25 @@ def _groups(path: Path, report: dict[str, Any]) -> list[list[tuple[str, str]]]:
 
 
 def _joined(groups: list[list[tuple[str, str]]]) -> list[list[tuple[str, str]]]:
-    """Groups that share a file, joined (union-find), files in order of first appearance.
+    """Groups that share a file, joined (audit.linked_groups), files in order of first
+    appearance, each with the first split a group gave it.
 
     Exact copies are also near copies, and semantic groups overlap both: choosing a copy to
     keep per listed group could drop, through another group, the copy this one kept.
     """
-    parent: dict[str, str] = {}
-
-    def root(file: str) -> str:
-        parent.setdefault(file, file)
-        while parent[file] != file:
-            parent[file] = parent[parent[file]]  # path halving keeps the trees flat
-            file = parent[file]
-        return file
-
+    number: dict[str, int] = {}  # file -> its order of first appearance
     split_of: dict[str, str] = {}
+    links: list[tuple[int, int, float]] = []
     for group in groups:
         for file, split in group:
+            number.setdefault(file, len(number))
             split_of[file] = split_of.get(file) or split
-            parent[root(file)] = root(group[0][0])
-    joined: dict[str, list[tuple[str, str]]] = {}
-    for file, split in split_of.items():
-        joined.setdefault(root(file), []).append((file, split))
-    return list(joined.values())
+            links.append((number[group[0][0]], number[file], 0.0))  # the first links to itself
+    files = list(number)
+    return [
+        [(files[member], split_of[files[member]]) for member in members]
+        for members, _ in linked_groups(links)
+    ]
 
 
 def _keeper(group: list[tuple[str, str]], dropped: set[str]) -> str:

@@ -13,10 +13,8 @@ training would use (evaluate.embeddings) and three questions are asked of the em
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +22,15 @@ import numpy as np
 import torch
 
 from torchgraft.config import RunConfig
-from torchgraft.data import load_run_splits
-from torchgraft.data.audit import AuditReport, Finding, image_name, linked_groups
+from torchgraft.data import DataSplits, load_run_splits
+from torchgraft.data.audit import (
+    AuditReport,
+    CopyGroup,
+    Finding,
+    copy_group_dicts,
+    image_name,
+    linked_groups,
+)
 from torchgraft.evaluate.embeddings import Embeddings, embed
 from torchgraft.evaluate.label_issues import (
     LabelIssue,
@@ -60,22 +65,11 @@ class LabelIssueFinding:
 
 
 @dataclass(frozen=True)
-class SemanticDuplicates:
+class SemanticDuplicates(CopyGroup):
     """Images that show the same picture, perhaps flipped or cropped (every pair in the
     group linked through a chain of similar pairs)."""
 
-    files: list[str]
-    splits: list[str]  # the split each copy is used in
-    classes: list[str]  # the class each copy is labelled as
     similarity: float  # the weakest link's cosine similarity
-
-    @property
-    def leaks(self) -> bool:
-        return len(set(self.splits)) > 1
-
-    @property
-    def spans(self) -> list[str]:
-        return list(dict.fromkeys(self.splits))
 
 
 @dataclass(frozen=True)
@@ -107,27 +101,22 @@ class DeepReport:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        for entry, group in zip(data["semantic_duplicates"], self.semantic_duplicates, strict=True):
-            entry["leaks"], entry["spans"] = group.leaks, group.spans
+        data["semantic_duplicates"] = copy_group_dicts(self.semantic_duplicates)
         return data
 
 
 def deep_audit(
-    config: RunConfig,
-    class_names: list[str],
-    name_of: Callable[[str, int], str],
-    leave_out: set[str],
-    quiet: bool = False,
+    config: RunConfig, splits: DataSplits, leave_out: set[str], quiet: bool = False
 ) -> DeepReport:
-    """Label issues, semantic duplicates and outliers of the data `config` trains on.
-
-    `name_of(split, index)` names an image as the audit report does; images named in
-    `leave_out` (blank ones: all alike) are kept out of the copies and outliers.
+    """Label issues, semantic duplicates and outliers of `splits`, the data `config` trains
+    on. Images named in `leave_out` (as the audit report names them: blank ones, all alike)
+    are kept out of the copies and outliers.
     """
     started = time.monotonic()
-    embeddings = embed(config, quiet=quiet)
+    embeddings = embed(config, splits, quiet=quiet)
     places = zip(embeddings.split, embeddings.index.tolist(), strict=True)
-    names = [name_of(split, index) for split, index in places]
+    names = [image_name(splits, split, index) for split, index in places]
+    class_names = splits.class_names
     folds = fold_count(embeddings.labels)
     issues, accuracy = [], 0.0
     if folds >= 2:
@@ -276,10 +265,7 @@ def deep_audit_of(report: AuditReport, config: RunConfig) -> DeepReport:
         size = embedding_size(report.image_size, report.sizes)
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, image_size=size))
     blank = {image.file for image in report.blank_images}
-    return deep_audit(
-        config, splits.class_names, functools.partial(image_name, splits), blank,
-        quiet=config.train.quiet,
-    )  # fmt: skip
+    return deep_audit(config, splits, blank, quiet=config.train.quiet)
 
 
 def embedding_size(training_size: int, sizes: dict[str, dict[str, float]]) -> int:

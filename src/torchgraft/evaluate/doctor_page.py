@@ -15,10 +15,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from torchgraft.artifact import atomic_write_bytes
-from torchgraft.data.audit import CATEGORIES, AuditReport
+from torchgraft.data.audit import CATEGORIES, AuditReport, CopyGroup
 from torchgraft.errors import UserError
 from torchgraft.evaluate.deep_audit import DeepReport
 from torchgraft.evaluate.pages import document, escape, markup_table, section, table
@@ -47,25 +47,6 @@ section:not(#section-summary) :is(th, td) {{ text-align: left; }}
 """
 
 Pictures = Callable[[str], Thumbnail]  # report name -> its thumbnail
-
-
-class _Group(Protocol):
-    """A group of copies: audit.Duplicates or deep_audit.SemanticDuplicates."""
-
-    @property
-    def files(self) -> list[str]: ...
-
-    @property
-    def splits(self) -> list[str]: ...
-
-    @property
-    def classes(self) -> list[str]: ...
-
-    @property
-    def leaks(self) -> bool: ...
-
-    @property
-    def spans(self) -> list[str]: ...
 
 
 def check_page_path(path: str | Path) -> Path:
@@ -255,7 +236,7 @@ def _figure(file: str, lines: list[str], pictures: Pictures) -> str:
 
 
 def _groups(
-    groups: Sequence[_Group], pictures: Pictures, what: str, measure: str | None = None
+    groups: Sequence[CopyGroup], pictures: Pictures, what: str, measure: str | None = None
 ) -> str:
     """One row per group of copies: its thumbnails, the splits it spans and its classes,
     how alike its copies are (`measure`: an attribute, e.g. similarity), and marks when it
@@ -279,12 +260,12 @@ def _counted(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _marks(group: _Group) -> str:
-    marks = ["leaks"] * group.leaks + ["labels differ"] * (len(set(group.classes)) > 1)
+def _marks(group: CopyGroup) -> str:
+    marks = ["leaks"] * group.leaks + ["labels differ"] * group.conflicting_labels
     return " ".join(f'<span class="mark">{mark}</span>' for mark in marks)
 
 
-def _group_pictures(group: _Group, pictures: Pictures) -> str:
+def _group_pictures(group: CopyGroup, pictures: Pictures) -> str:
     members = list(zip(group.files, group.splits, group.classes, strict=True))
     figures = "".join(
         _figure(file, [f"{split}, {class_name}"], pictures)

@@ -34,7 +34,13 @@ from torch.nn import functional
 from tqdm.auto import tqdm
 
 from torchgraft.config import ModelConfig, RunConfig
-from torchgraft.data import DecodedSplit, decode_split, load_run_splits, make_loader, split_datasets
+from torchgraft.data import (
+    DataSplits,
+    DecodedSplit,
+    decode_split,
+    make_loader,
+    split_datasets,
+)
 from torchgraft.data.cache import cache_root
 from torchgraft.devices import resolve_device
 from torchgraft.errors import UserError
@@ -80,12 +86,12 @@ class Embeddings:
     image_size: int  # ... at this input side length, in pixels
 
 
-def embed(config: RunConfig, quiet: bool = False) -> Embeddings:
-    """Embeddings of every image that decodes, in every split training would use.
+def embed(config: RunConfig, splits: DataSplits, quiet: bool = False) -> Embeddings:
+    """Embeddings of every image of `splits` that decodes.
 
-    `config` is a training config (model, weights, image size, val fraction, seed, cache):
-    the images are split and decoded as that run would, and embedded by its pretrained
-    backbone on `config.train.device`.
+    `config` is a training config (model, weights, image size, cache) and `splits` the
+    data it trains on (`load_run_splits(config)`): the images are decoded as that run would
+    decode them, and embedded by its pretrained backbone on `config.train.device`.
     """
     spec = get_spec(config.model.name)
     if not (spec.pretrainable and config.model.pretrained):
@@ -95,7 +101,6 @@ def embed(config: RunConfig, quiet: bool = False) -> Embeddings:
             f"the bundled {ModelConfig().name}, or name a pretrained timm model (--weights FILE "
             "when offline)."
         )
-    splits = load_run_splits(config)
     preprocessing = resolve_preprocessing(spec, config.data, splits)
     model = build_model(config, preprocessing, len(splits.class_names), pretrained=True)
     device = resolve_device(config.train.device)
