@@ -7,7 +7,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 # Two cores: keep intra-op threads at the core count so data workers never oversubscribe.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo test lint typecheck clean
+.PHONY: demo test lint typecheck mutations clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ test: lint typecheck $(CHROMIUM)
 	@$(BIN)/python -m pytest tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; fi; \
 	exit $$rc
+
+# Deliberate breakages of the source, each of which the suite must catch (not part of `test`:
+# every breakage reruns its tests, about half an hour in all).
+mutations: $(VENV)/.installed-test
+	$(BIN)/python tests/mutations.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

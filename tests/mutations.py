@@ -1,0 +1,138 @@
+"""Deliberate breakages of the source, each of which the suite must catch.
+
+    make mutations                                  # every breakage, then the table
+    .venv/bin/python tests/mutations.py --only ema  # the breakages whose name contains "ema"
+
+A test named after a claim ("DDP averages gradients", "resume continues from the
+checkpoint") is worth something only if it fails when the claim is false. For each breakage
+below, the source is copied to a temporary folder, one exact snippet of one file is replaced,
+and the tests named for it run with PYTHONPATH pointing at the copy, which `python -m
+torchgraft` and torchrun's workers inherit, so command-line tests see the breakage too. Each
+breakage must make at least one of its tests fail.
+
+First the named tests run once on the unbroken source and must pass: a test that fails
+anyway would "catch" every breakage. A snippet that no longer occurs exactly once means the
+source has moved on and the breakage must be updated; that is reported, never skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 1200  # per pytest run; a breakage that hangs its tests counts as caught
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str  # relative to src/torchgraft
+    old: str  # occurs exactly once in the file
+    new: str
+    tests: tuple[str, ...]  # pytest node ids, one of which must fail
+
+
+MUTATIONS: list[Mutation] = []
+
+
+@dataclass(frozen=True)
+class Outcome:
+    mutation: Mutation
+    verdict: str  # caught, MISSED, STALE
+    detail: str  # the test that failed, or why it is stale
+    seconds: float
+
+
+def mutated_source(mutation: Mutation, folder: Path) -> Path | str:
+    """A copy of src/ with the breakage applied, or why the breakage no longer applies."""
+    copy = folder / "src"
+    shutil.copytree(ROOT / "src", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    target = copy / "torchgraft" / mutation.file
+    if not target.is_file():
+        return f"{mutation.file} does not exist"
+    text = target.read_text()
+    count = text.count(mutation.old)
+    if count != 1:
+        return f"the snippet occurs {count} times in {mutation.file}"
+    target.write_text(text.replace(mutation.old, mutation.new))
+    return copy
+
+
+def run_tests(tests: tuple[str, ...], source: Path) -> tuple[int, str]:
+    """pytest on `tests` with `source` first on the import path; (exit code, first failure)."""
+    env = {**os.environ, "PYTHONPATH": str(source), "PYTHONDONTWRITEBYTECODE": "1"}
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-rf", "-p", "no:cacheprovider",
+               "-o", "addopts=", *tests]  # fmt: skip
+    try:
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=TIMEOUT_S)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return 124, f"timed out after {TIMEOUT_S} s"
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", done.stdout, flags=re.MULTILINE)
+    return done.returncode, failed[0] if failed else done.stdout.strip().splitlines()[-1:][0]
+
+
+def check(mutation: Mutation) -> Outcome:
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="torchgraft-mutation-") as folder:
+        source = mutated_source(mutation, Path(folder))
+        if isinstance(source, str):
+            return Outcome(mutation, "STALE", source, 0.0)
+        code, detail = run_tests(mutation.tests, source)
+    verdict = "MISSED" if code == 0 else "caught"
+    return Outcome(mutation, verdict, detail, time.monotonic() - started)
+
+
+def baseline_failures(mutations: list[Mutation]) -> str | None:
+    """The named tests on the unbroken source: None when they all pass."""
+    tests = tuple(dict.fromkeys(test for mutation in mutations for test in mutation.tests))
+    code, detail = run_tests(tests, ROOT / "src")
+    return None if code == 0 else detail
+
+
+def table(outcomes: list[Outcome]) -> str:
+    lines = ["| breakage | file | result | caught by | seconds |"]
+    lines.append("| --- | --- | --- | --- | --- |")
+    for outcome in outcomes:
+        m = outcome.mutation
+        lines.append(f"| {m.name} | `{m.file}` | {outcome.verdict} | `{outcome.detail}` | "
+                     f"{outcome.seconds:.0f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+    parser.add_argument("--only", help="run the breakages whose name contains this text")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the run of the named tests on the unbroken source")  # fmt: skip
+    arguments = parser.parse_args()
+    chosen = [m for m in MUTATIONS if not arguments.only or arguments.only in m.name]
+    if not chosen:
+        print(f"no breakage's name contains {arguments.only!r}", file=sys.stderr)
+        return 2
+    if not arguments.no_baseline:
+        print(f"the {len(chosen)} breakages' tests on the unbroken source...", flush=True)
+        failure = baseline_failures(chosen)
+        if failure is not None:
+            print(f"a test fails without any breakage: {failure}. Fix it first.", file=sys.stderr)
+            return 1
+    outcomes = []
+    for mutation in chosen:
+        print(f"breaking: {mutation.name}...", flush=True)
+        outcomes.append(check(mutation))
+        print(f"  {outcomes[-1].verdict}: {outcomes[-1].detail}", flush=True)
+    print(table(outcomes))
+    return 0 if all(outcome.verdict == "caught" for outcome in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
