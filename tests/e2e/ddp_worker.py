@@ -2,15 +2,16 @@
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 ddp_worker.py DATA RUNS OUT
 
-trains two runs in the same two processes (one torchrun start-up, seconds on two cores):
-"straight" to the end, then "killed", which blocks after its checkpoint of epoch KILL_AFTER
+trains two runs in the same two processes (one torchrun start-up: importing torch twice is
+most of the test's time): "straight" to the end, then "killed", which blocks once its
+checkpoint of epoch KILL_AFTER is written (torchgraft's callbacks run before the user's)
 so that the test can kill it there. Each rank writes to OUT its weights before and after
 the first optimizer step, the images it trained on in epoch 1, its weights at the end (or
 where it blocks) and its process id. `train` runs the same in one process (RANK unset).
 
 For the first step only, dropout is turned off: the ranks draw their own dropout masks,
-which no single process at twice the batch can reproduce. It draws no random numbers at
-p=0, so the runs' random state stays as a run without this probe would have it.
+which no single process at twice the batch can reproduce. Both runs do the same, so they
+draw the same random numbers (none at p=0), and a resume restores the killed run's.
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ class Probe(Callback):
             self.save("seen", {"images": torch.cat(self.seen)})
         if record.epoch == self.block_after:
             self.save("final", dict(trainer.model.named_parameters()))
-            (self.out / f"{self.name}-rank{self.rank}.pid").write_text(str(os.getpid()))
+            pid = self.out / f"{self.name}-rank{self.rank}.pid"
+            pid.with_suffix(".tmp").write_text(str(os.getpid()))
+            pid.with_suffix(".tmp").rename(pid)  # whole when the test reads it
             time.sleep(BLOCK_LIMIT_S)  # killed here by the test
             sys.exit(3)
 

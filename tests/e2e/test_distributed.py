@@ -9,6 +9,7 @@ split, so one process at batch 18 and two at batch 9 each see the same images in
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import signal
@@ -36,9 +37,8 @@ def torchrun(*args: str) -> list[str]:
             "--nproc-per-node", "2", *args]  # fmt: skip
 
 
-def kill_when_blocked(process: subprocess.Popen[bytes], out: Path) -> None:
-    """SIGKILL torchrun and both ranks (each in a session of its own) once both ranks wait
-    after the killed run's checkpoint."""
+def wait_until_blocked(process: subprocess.Popen[bytes], out: Path) -> None:
+    """Until both ranks wait after the killed run's checkpoint (each wrote its pid)."""
     pid_files = [out / f"killed-rank{rank}.pid" for rank in RANKS]
     deadline = time.monotonic() + 600
     while not all(path.is_file() for path in pid_files):
@@ -46,10 +46,6 @@ def kill_when_blocked(process: subprocess.Popen[bytes], out: Path) -> None:
             log = (out / "torchrun.log").read_text()[-3000:]
             pytest.fail(f"the ranks never blocked (torchrun exit {process.poll()}):\n{log}")
         time.sleep(0.1)
-    os.killpg(process.pid, signal.SIGKILL)
-    for path in pid_files:
-        os.killpg(int(path.read_text()), signal.SIGKILL)
-    process.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +61,12 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )  # fmt: skip
         try:
             ddp_worker.train(data, root / "single", out, "single")  # meanwhile, one process
-            kill_when_blocked(process, out)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
+            wait_until_blocked(process, out)
+        finally:  # SIGKILL to torchrun's process group, then to each rank's (its own)
+            for pid in [process.pid, *(int(f.read_text()) for f in out.glob("*.pid"))]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+            process.wait(timeout=60)
     return root
 
 
