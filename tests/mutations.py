@@ -43,6 +43,34 @@ class Mutation:
 
 MUTATIONS: list[Mutation] = []
 
+# --- slice DDP: two ranks under torchrun train as one process (tests/e2e/test_distributed.py)
+_DDP = "tests/e2e/test_distributed.py::test_"
+MUTATIONS += [
+    Mutation(
+        "ddp: no gradient all-reduce (the model is never wrapped in DDP)",
+        "train/engine.py",
+        "            if self.distributed_run:\n                module = self._parallel(module)",
+        "            if False:\n                module = self._parallel(module)",
+        (f"{_DDP}one_step_of_two_ranks_is_one_step_of_one_process_on_both_shards",
+         f"{_DDP}ranks_hold_identical_weights"),
+    ),
+    Mutation(
+        "ddp: every rank gets all the data (no sharded loader)",
+        "train/engine.py",
+        "sharded = phase.whole_network and self.distributed_run",
+        "sharded = False",
+        (f"{_DDP}ranks_train_on_disjoint_shards_that_cover_the_training_split",),
+    ),
+    Mutation(
+        "ddp: every rank gets the same shard (the sampler ignores the rank)",
+        "train/distributed.py",
+        "return iter(order[self.context.rank :: self.context.world_size])",
+        "return iter(order[: len(self)])",
+        (f"{_DDP}one_step_of_two_ranks_is_one_step_of_one_process_on_both_shards",
+         f"{_DDP}ranks_train_on_disjoint_shards_that_cover_the_training_split"),
+    ),
+]  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Outcome:
