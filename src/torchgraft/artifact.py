@@ -195,8 +195,10 @@ def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
         os.chmod(temporary, 0o666 & ~_umask())
         _fsync(temporary)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None:
+            error.filename = str(path)  # a failed write() or fsync() names no file
         raise
     # Make the rename itself durable (POSIX); skipped where directories cannot be opened.
     with contextlib.suppress(OSError):

@@ -58,6 +58,8 @@ def evaluate(
         rows.append((label, averages["precision"], averages["recall"], averages["f1"], total))
     for name, precision, recall, f1, support in rows:
         typer.echo(f"{name:<{width}}{precision:>10.3f}{recall:>10.3f}{f1:>10.3f}{support:>9}")
+    if metrics.absent:
+        typer.echo(f"no images of {', '.join(metrics.absent)}: recall and f1 undefined (0 above)")
     for true, predicted, count in metrics.most_confused[:5]:
         typer.echo(f"confused: {true} -> {predicted} ({count})")
     ece = f"ECE {result.ece_before:.4f} -> {result.ece_after:.4f}"

@@ -291,17 +291,16 @@ class _LabelRow:
 
 
 def _read_label_rows(path: Path) -> list[_LabelRow]:
-    csv_file = path.suffix.lower() == ".csv"
     try:
         # utf-8-sig: Excel starts its UTF-8 CSVs with a byte-order mark, which would otherwise
         # become part of the first column's name ("\ufeffpath"). Bytes decoded, not read as
         # text, and CSV records read, not lines: a quoted line break in a file name stays.
         text = path.read_bytes().decode("utf-8-sig")
-        if csv_file:
-            quoted = csv.DictReader(io.StringIO(text, newline=""))
-            rows: list[object] = [dict(row) for row in quoted]
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        if path.suffix.lower() == ".csv":
+            rows = _csv_rows(path, text)
+        else:  # numbered by line, blank lines included, as an editor shows them
+            lines = enumerate(text.splitlines(), start=1)
+            rows = [(number, json.loads(line)) for number, line in lines if line.strip()]
     except UnicodeDecodeError as error:  # Latin-1 or UTF-16, as some spreadsheets save
         raise UserError(
             f"cannot read {path}: it is not UTF-8 (byte {error.start} is "
@@ -311,11 +310,26 @@ def _read_label_rows(path: Path) -> list[_LabelRow]:
         raise UserError(f"cannot read {path}: {error}") from None
     if not rows:
         raise UserError(f"{path} lists no images: expected rows of path,label")
-    has_split = any(isinstance(row, dict) and "split" in row for row in rows)
-    first = 2 if csv_file else 1  # a CSV's header is line 1
-    return [
-        _label_row(path, number, row, has_split) for number, row in enumerate(rows, start=first)
-    ]
+    has_split = any(isinstance(row, dict) and "split" in row for _, row in rows)
+    return [_label_row(path, number, row, has_split) for number, row in rows]
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[int, object]]:
+    """A CSV's records with the line each ends on; headers read as `Path`, ` split` also."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is not None:
+        reader.fieldnames = [name.strip().lower() for name in reader.fieldnames]
+    rows: list[tuple[int, object]] = []
+    for row in reader:
+        if None in row:  # more values than the header has columns: a split with no column
+            raise UserError(
+                f"{path}, row {reader.line_num}: more values than the header "
+                f"({','.join(reader.fieldnames or [])}) has columns; to give each image a "
+                f"split, name the column in the header (path,label,split) and give every "
+                f"row train, val or test"
+            )
+        rows.append((reader.line_num, dict(row)))
+    return rows
 
 
 def _label_row(path: Path, number: int, row: object, has_split: bool) -> _LabelRow:

@@ -3,11 +3,16 @@
 torchmetrics computes them; this module names them and turns them into plain data:
 accuracy and top-k accuracy, per-class precision / recall / F1 / support with macro and
 weighted averages, the confusion matrix and the most-confused pairs.
+
+A class with no image in the evaluated set keeps its row (support 0, recall and F1 0, as
+scikit-learn's `zero_division=0`) and its row and column of the confusion matrix, and is
+named in `absent`. The macro average, as scikit-learn's, is over the classes that occur
+among the labels or the predictions: one neither present nor predicted has nothing to score.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -38,6 +43,7 @@ class Metrics:
     weighted: dict[str, float]  # mean weighted by support
     confusion: list[list[int]]  # rows: true class, columns: predicted class
     most_confused: list[tuple[str, str, int]]  # (true, predicted, count), largest first
+    absent: list[str] = field(default_factory=list)  # classes with no image in the set
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -62,6 +68,8 @@ def classification_metrics(
         )
     }  # fmt: skip
     support = torch.bincount(labels, minlength=classes)
+    predicted = torch.bincount(probabilities.argmax(1), minlength=classes)
+    scored = (support > 0) | (predicted > 0)  # scikit-learn's default labels
     confusion = multiclass_confusion_matrix(probabilities, labels, num_classes=classes)
     return Metrics(
         accuracy=float((probabilities.argmax(1) == labels).float().mean()),
@@ -84,12 +92,15 @@ def classification_metrics(
             )
             for i, name in enumerate(class_names)
         ],
-        macro={m: float(values.mean()) for m, values in per_class.items()},
+        macro={m: float(values[scored].mean()) for m, values in per_class.items()},
         weighted={
             m: float((values * support).sum() / support.sum()) for m, values in per_class.items()
         },
         confusion=confusion.tolist(),
         most_confused=most_confused_pairs(confusion, class_names),
+        absent=[
+            name for name, count in zip(class_names, support.tolist(), strict=True) if not count
+        ],
     )
 
 

@@ -172,8 +172,11 @@ def data_table(run: Run, evaluation: Evaluation) -> str:
 
 def per_class_table(evaluation: Evaluation) -> str:
     metrics = evaluation.metrics
-    rows = [[c.name, f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}", c.support]
-            for c in metrics.per_class]  # fmt: skip
+    rows = [
+        [c.name, f"{c.precision:.3f}", *([f"{c.recall:.3f}", f"{c.f1:.3f}"] if c.support
+                                          else ["no images", "no images"]), c.support]
+        for c in metrics.per_class
+    ]  # fmt: skip
     total = sum(c.support for c in metrics.per_class)
     table_html = table(["class", "precision", "recall", "F1", "support"], rows, "per-class")
     averages = "".join(
@@ -181,7 +184,14 @@ def per_class_table(evaluation: Evaluation) -> str:
         f"<td>{avg['recall']:.3f}</td><td>{avg['f1']:.3f}</td><td>{total}</td></tr>"
         for label, avg in (("macro average", metrics.macro), ("weighted average", metrics.weighted))
     )
-    return table_html.replace("</tbody>", averages + "</tbody>")
+    note = (
+        f'<p id="absent-classes">No images of {escape(", ".join(metrics.absent))} in this set: '
+        "recall and F1 are undefined there, and the macro average counts such a class only "
+        "if the model predicted it (precision 0).</p>"
+        if metrics.absent
+        else ""
+    )
+    return table_html.replace("</tbody>", averages + "</tbody>") + note
 
 
 def confusion_table(evaluation: Evaluation, names: list[str]) -> str:

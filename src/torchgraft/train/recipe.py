@@ -8,6 +8,7 @@ graft.json is first written, and not changed afterwards.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import time
@@ -30,7 +31,7 @@ from torchgraft.config import (
 from torchgraft.data import DataSplits, DecodedSplit, load_run_splits, split_datasets
 from torchgraft.data.cache import cache_root
 from torchgraft.devices import resolve_device
-from torchgraft.errors import UserError
+from torchgraft.errors import GraftRuntimeError, UserError
 from torchgraft.models import (
     GraftedClassifier,
     RecipeDefaults,
@@ -49,7 +50,13 @@ from torchgraft.train.callbacks import (
     MetricsCsv,
     TensorBoardLogger,
 )
-from torchgraft.train.checkpoint import Checkpoint, how_to_resume, load_checkpoint
+from torchgraft.train.checkpoint import (
+    Checkpoint,
+    has_checkpoint,
+    how_to_resume,
+    load_checkpoint,
+    replace_it,
+)
 from torchgraft.train.distributed import (
     Distributed,
     broadcast_float,
@@ -406,6 +413,19 @@ def saying_how_to_resume(run: Run, context: Distributed) -> Iterator[None]:
         if context.is_main:
             logger.warning("%s", how_to_resume(run.path))
         raise
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        go_on = (
+            f"resume with `graft train --resume {run.path}`"
+            if has_checkpoint(run.path)
+            else f"train again {replace_it(run.path)}"
+        )
+        raise GraftRuntimeError(
+            f"the disk is full: {error.filename or 'a file of the run'} could not be written "
+            f"({error.strerror}); {run.path} keeps its files as they were before that write. "
+            f"Free some space, then {go_on}"
+        ) from None
 
 
 def run_trainer(trainer: Trainer, checkpoint: Checkpoint | None) -> None:

@@ -120,12 +120,27 @@ def refuse_existing_run(runs_dir: str, name: str | None, overwrite: bool) -> Non
             "--overwrite replaces the run that --name names, and there is no --name (a run "
             "without one gets a new folder of its own): pass --name NAME, or drop --overwrite"
         )
+    refuse_unwritable(Path(runs_dir))
     path = Path(runs_dir) / name if name else None
     if path is None or not path.exists():
         return
     if not overwrite:
         raise run_exists(path)
     refuse_unless_run(path)
+
+
+def refuse_unwritable(runs_dir: Path) -> None:
+    """Fail before any data is read when no run can be written under `runs_dir` (a read-only
+    disk, no permission, a path under a file): the folder is made and a file tried in it."""
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=runs_dir):
+            pass
+    except OSError as error:
+        raise UserError(
+            f"cannot write runs into {runs_dir}: {error.strerror or error}; pass a folder you "
+            f"can write to as --runs-dir (runs_dir= in Python)"
+        ) from None
 
 
 def run_exists(path: Path) -> UserError:

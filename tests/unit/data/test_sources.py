@@ -218,3 +218,67 @@ def test_a_quoted_line_break_in_a_csv_path_stays_in_the_name(tmp_path: Path) -> 
         )
     splits = load_data(str(tmp_path / "labels.csv"), val_fraction=0.0)
     assert odd in splits.train.images and len(splits.train) == 5
+
+
+def test_csv_rows_carrying_a_split_the_header_lacks_are_refused(tmp_path: Path) -> None:
+    """`path,label` over rows of which some add `,test`: an automatic split would train on them."""
+    rows = [row.rsplit(",", 1)[0] for row in labelled_rows(tmp_path)]
+    rows[3] += ",test"  # the fourth image: line 5, after the header
+    rows[6] += ",test"
+    labels = write_labels(tmp_path, ["path,label", *rows])
+    with pytest.raises(UserError) as refused:
+        load_data(str(labels))
+    message = str(refused.value)
+    assert f"{labels}, row 5: more values than the header (path,label)" in message
+    assert "path,label,split" in message and "train, val or test" in message
+
+
+@pytest.mark.parametrize("missing", ["absent", "null", "blank"])
+def test_a_json_lines_file_mixing_rows_with_and_without_a_split_names_the_line(
+    tmp_path: Path, missing: str
+) -> None:
+    """The first row with no split is named by its line, blank lines counted, as an editor shows."""
+    make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=3)
+    records = [
+        {"path": p.relative_to(tmp_path).as_posix(), "label": p.parent.name, "split": "train"}
+        for p in sorted((tmp_path / "imgs").rglob("*.png"))
+    ]
+    for record in records[4:]:
+        if missing == "absent":
+            del record["split"]
+        else:
+            record["split"] = None if missing == "null" else "  "
+    lines = [json.dumps(record) for record in records]
+    lines.insert(2, "")  # a blank line: record 5 is on line 6
+    (tmp_path / "labels.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError) as refused:
+        load_data(str(tmp_path / "labels.jsonl"))
+    message = str(refused.value)
+    assert f"{tmp_path / 'labels.jsonl'}, row 6: empty 'split'" in message
+    assert "use train, val or test, or remove the column" in message
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_a_label_file_with_every_split_given_is_honoured_file_by_file(
+    tmp_path: Path, kind: str
+) -> None:
+    """Each image lands in the split its row names (test included), whatever a seeded split
+    would have chosen; a header written `Path,Label,Split` by a spreadsheet reads the same."""
+    make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=5)
+    files = sorted((tmp_path / "imgs").rglob("*.png"))
+    chosen = {p: ("train", "valid", "test", "train", "train")[i % 5] for i, p in enumerate(files)}
+    rows = [(p.relative_to(tmp_path).as_posix(), p.parent.name, chosen[p]) for p in files]
+    if kind == "csv":
+        lines = ["Path,Label,Split", *(",".join(row) for row in rows)]
+    else:
+        lines = [
+            json.dumps(dict(zip(("path", "label", "split"), row, strict=True))) for row in rows
+        ]
+    (tmp_path / f"labels.{kind}").write_text("\n".join(lines) + "\n")
+    splits = load_data(str(tmp_path / f"labels.{kind}"), val_fraction=0.5, seed=3)
+    assert splits.test is not None
+    for name, split in (("train", splits.train), ("valid", splits.val), ("test", splits.test)):
+        assert sorted(split.images) == sorted(p for p in files if chosen[p] == name)
+        assert [splits.class_names[label] for label in split.labels] == [
+            Path(image).parent.name for image in split.images
+        ]

@@ -60,3 +60,37 @@ def test_most_confused_pairs_are_the_largest_off_diagonal_cells(
     assert matrix[NAMES.index(true), NAMES.index(predicted)] == count
     counts = [c for _, _, c in metrics.most_confused]
     assert counts == sorted(counts, reverse=True)
+
+
+@pytest.mark.parametrize("predicted", [False, True], ids=["never-predicted", "predicted"])
+def test_a_class_absent_from_the_set_is_scored_as_scikit_learn_scores_it(predicted: bool) -> None:
+    """No "fish" among the labels: its row says support 0 and the macro average is
+    scikit-learn's (over the classes among the labels or predictions), not dragged down by a
+    class with nothing to score."""
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 3, (300,), generator=generator)
+    logits = torch.randn(300, 4, generator=generator)
+    logits[torch.arange(300), labels] += 1.0
+    if not predicted:
+        logits[:, 3] -= 100.0
+    probabilities = logits.softmax(1)
+    metrics = classification_metrics(probabilities, labels, NAMES, top_k=(1, 3))
+    y_true, y_pred = labels.numpy(), probabilities.argmax(1).numpy()
+    assert (3 in y_pred) == predicted
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=range(4), zero_division=0
+    )
+    got = np.array([[c.precision, c.recall, c.f1, c.support] for c in metrics.per_class])
+    np.testing.assert_allclose(got, np.stack([precision, recall, f1, support], 1), atol=1e-6)
+    for average in ("macro", "weighted"):
+        expected = precision_recall_fscore_support(
+            y_true, y_pred, average=average, zero_division=0
+        )[:3]
+        got_average = [getattr(metrics, average)[m] for m in ("precision", "recall", "f1")]
+        np.testing.assert_allclose(got_average, expected, atol=1e-6)
+    confusion = np.asarray(metrics.confusion)
+    np.testing.assert_array_equal(confusion, confusion_matrix(y_true, y_pred, labels=range(4)))
+    assert confusion[3].sum() == 0 and metrics.absent == ["fish"]
+    assert all(true != "fish" for true, _, _ in metrics.most_confused)
+    expected_top3 = top_k_accuracy_score(y_true, probabilities.numpy(), k=3, labels=range(4))
+    assert metrics.top_k_accuracy[3] == pytest.approx(expected_top3)
