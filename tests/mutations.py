@@ -43,6 +43,40 @@ class Mutation:
 
 MUTATIONS: list[Mutation] = []
 
+# --- flags slice (issue #17): each step feature made a no-op; decoding; the export contract --
+_STEPS = "tests/unit/train/test_step_features.py"
+MUTATIONS += [
+    Mutation(
+        "flags: grad_clip is ignored",
+        "train/loop.py",
+        "nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)",
+        "pass",
+        (f"{_STEPS}::test_grad_clip_bounds_the_gradient_norm_a_step_applies",),
+    ),
+    Mutation(
+        "flags: label_smoothing is ignored",
+        "train/steps.py",
+        "label_smoothing=train.label_smoothing or 0.0",
+        "label_smoothing=0.0",
+        (f"{_STEPS}::test_label_smoothing_sets_the_loss_of_a_confident_correct_prediction",),
+    ),
+    Mutation(
+        "flags: cutmix is ignored",
+        "train/steps.py",
+        "chosen += [v2.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix > 0 else []",
+        "chosen += []",
+        (f"{_STEPS}::test_cutmix_pastes_a_box_whose_area_share_is_the_label_weight",),
+    ),
+    Mutation(
+        "flags: ema averages nothing (the average is the raw weights)",
+        "train/ema.py",
+        "torch._foreach_mul_(averaged, step_decay)\n"
+        "        torch._foreach_add_(averaged, torch._foreach_mul(current, 1.0 - step_decay))",
+        "torch._foreach_copy_(averaged, current)",
+        (f"{_STEPS}::test_ema_follows_the_warmed_up_decay_after_every_step",),
+    ),
+]
+
 
 @dataclass(frozen=True)
 class Outcome:
