@@ -71,6 +71,72 @@ MUTATIONS += [
     ),
 ]  # fmt: skip
 
+# --- flags slice (issue #17): each step feature made a no-op; decoding; the export contract --
+_STEPS = "tests/unit/train/test_step_features.py"
+_EXPORT_MODEL = (
+    "tests/unit/export/test_export_model.py::"
+    "test_the_exported_module_normalises_with_the_runs_mean_and_std_and_divides_by_t"
+)
+MUTATIONS += [
+    Mutation(
+        "flags: grad_clip is ignored",
+        "train/loop.py",
+        "nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)",
+        "pass",
+        (f"{_STEPS}::test_grad_clip_bounds_the_gradient_norm_a_step_applies",),
+    ),
+    Mutation(
+        "flags: label_smoothing is ignored",
+        "train/steps.py",
+        "label_smoothing=train.label_smoothing or 0.0",
+        "label_smoothing=0.0",
+        (f"{_STEPS}::test_label_smoothing_sets_the_loss_of_a_confident_correct_prediction",),
+    ),
+    Mutation(
+        "flags: cutmix is ignored",
+        "train/steps.py",
+        "chosen += [v2.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix > 0 else []",
+        "chosen += []",
+        (f"{_STEPS}::test_cutmix_pastes_a_box_whose_area_share_is_the_label_weight",),
+    ),
+    Mutation(
+        "flags: ema averages nothing (the average is the raw weights)",
+        "train/ema.py",
+        "torch._foreach_mul_(averaged, step_decay)\n"
+        "        torch._foreach_add_(averaged, torch._foreach_mul(current, 1.0 - step_decay))",
+        "torch._foreach_copy_(averaged, current)",
+        (f"{_STEPS}::test_ema_follows_the_warmed_up_decay_after_every_step",),
+    ),
+    Mutation(
+        "flags: the decoder leaks an exception that is not an OSError or ValueError",
+        "data/decode.py",
+        "except Exception as error:  # any decoder bug",
+        "except (OSError, ValueError) as error:  # any decoder bug",
+        ("tests/unit/data/test_decode.py::test_every_decoder_exception_becomes_unreadable_image",),
+    ),
+    Mutation(
+        "flags: an export drops the calibration temperature",
+        "export/model.py",
+        "calibrated_probabilities(self.classifier(images), self.temperature, dim=1)",
+        "calibrated_probabilities(self.classifier(images), 1.0, dim=1)",
+        ("tests/unit/export/test_exporter.py::test_calibration_temperature_is_inside_the_export",),
+    ),
+    Mutation(
+        "flags: an export skips the input normalisation",
+        "export/model.py",
+        "calibrated_probabilities(self.classifier(images), self.temperature, dim=1)",
+        "calibrated_probabilities(self.classifier.net(images.float()), self.temperature, dim=1)",
+        (_EXPORT_MODEL,),
+    ),
+    Mutation(
+        "flags: the classifier (and so every export) scales pixels to [0, 1] without mean/std",
+        "models/classifier.py",
+        "return (images.float() - self.mean) / self.std",
+        "return images.float() / 255",
+        (_EXPORT_MODEL,),
+    ),
+]
+
 
 @dataclass(frozen=True)
 class Outcome:

@@ -39,7 +39,7 @@ def test_graft_serve_answers_and_stops_on_ctrl_c(tiny_run: Path) -> None:
                 health = httpx.get(f"{url}/health", timeout=5)
                 break
             except httpx.TransportError:
-                time.sleep(0.2)
+                time.sleep(0.2)  # sleep-ok: paces retries until the server answers, with a deadline
         assert health.json()["status"] == "ok" and health.json()["max_pixels"] == 500_000
         answer = httpx.post(
             f"{url}/predict", files={"file": ("x.png", encoded_image("PNG"), "image/png")}

@@ -227,7 +227,10 @@ import sys, time
 from torchgraft.cli import main
 from torchgraft.data import cache
 real = cache.decode_file
-cache.decode_file = lambda path, channels: time.sleep(0.1) or real(path, channels)
+def slow_decode(path, channels):
+    time.sleep(0.1)  # sleep-ok: slow decoding, so the kill lands while the cache is written
+    return real(path, channels)
+cache.decode_file = slow_decode
 sys.argv[0] = "graft"
 main()
 """
@@ -245,7 +248,7 @@ def test_a_training_killed_while_writing_the_cache_then_rerun_finishes(
     process = subprocess.Popen([sys.executable, "-c", SLOW_TRAIN, *args], env=os.environ.copy())
     try:
         writing = wait_for(lambda: list((cache / "images").glob(".*.npy.*.tmp-*")), process)
-        time.sleep(0.5)  # a few rows in
+        time.sleep(0.5)  # sleep-ok: lets a few rows be written; the asserts do not rely on it
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -263,5 +266,5 @@ def wait_for(found: Callable[[], list[Path]], process: subprocess.Popen[bytes]) 
     while time.monotonic() < deadline and process.poll() is None:
         if result := found():
             return result
-        time.sleep(0.02)
+        time.sleep(0.02)  # sleep-ok: paces a poll with a deadline
     raise AssertionError(f"nothing appeared (the process exited with {process.returncode})")

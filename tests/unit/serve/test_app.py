@@ -200,7 +200,7 @@ def test_workers_run_at_most_their_count_at_once() -> None:
         with lock:
             running += 1
             most = max(most, running)
-        time.sleep(0.02)
+        time.sleep(0.02)  # sleep-ok: work long enough for the workers to overlap
         with lock:
             running -= 1
 
@@ -229,7 +229,7 @@ def run_together(workers: Workers, seconds: list[float]) -> list[int]:
         async with anyio.create_task_group() as group:
             for index in range(len(seconds)):
                 group.start_soon(one, index)
-                await anyio.sleep(0.05)  # in this order
+                await anyio.sleep(0.05)  # sleep-ok: staggers the starts: they queue in this order
 
     anyio.run(main)
     return statuses
@@ -316,7 +316,7 @@ def test_waiting_for_the_busy_model_does_not_count_against_the_decode_timeout(
 
     def slow_classify(pixels: Any) -> Any:
         with predictor.lock:  # as a slow model would hold it
-            time.sleep(0.25)
+            time.sleep(0.25)  # sleep-ok: a slow model holding the lock
         return real_classify(pixels)
 
     monkeypatch.setattr(predictor, "classify", slow_classify)

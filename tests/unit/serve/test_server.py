@@ -50,7 +50,7 @@ def serving(predictor: Predictor, **settings: float) -> Iterator[str]:
     deadline = time.monotonic() + 30
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
+        time.sleep(0.02)  # sleep-ok: paces a poll with a deadline
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -170,7 +170,7 @@ def test_uploads_beyond_max_pending_get_503_with_retry_after_and_health_still_an
         deadline = time.monotonic() + 10
         while httpx.get(f"{url}/health", timeout=1.0).json()["uploads_in_progress"] < 2:
             assert time.monotonic() < deadline, "the server never started reading them"
-            time.sleep(0.05)
+            time.sleep(0.05)  # sleep-ok: paces a poll with a deadline
         refused = httpx.post(f"{url}/predict", content=png(), timeout=5)
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
         assert "2 uploads already in progress" in refused.json()["detail"]
@@ -179,7 +179,7 @@ def test_uploads_beyond_max_pending_get_503_with_retry_after_and_health_still_an
             connection.close()
         deadline, status = time.monotonic() + 10, 503
         while status == 503 and time.monotonic() < deadline:  # their slots come back
-            time.sleep(0.1)
+            time.sleep(0.1)  # sleep-ok: paces a poll with a deadline
             status = httpx.post(f"{url}/predict", content=png(), timeout=5).status_code
         assert status == 200
 

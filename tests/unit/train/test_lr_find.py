@@ -122,7 +122,11 @@ def test_suggestion_is_inside_the_sweep_below_the_minimum_and_near_a_known_good_
     result = find_lr(digits_mlp(), loader(digits[0]), CPU, quiet=True)
     assert result.lrs[0] < result.suggestion < result.lrs[-1]
     assert result.suggestion < result.lrs[int(np.argmin(result.losses))]
-    assert KNOWN_GOOD_LR / 30 <= result.suggestion <= KNOWN_GOOD_LR * 30
+    # The default sweep (1e-7..1, 100 steps) samples a rate every 1.18x, but the steepest
+    # descent moves with the draw: over 4 model seeds x 3 loader seeds it read 3.9e-3..8.9e-3
+    # (5.5e-3 here). x3 either side of the known-good rate holds for all of them (8.9e-3 just
+    # inside) and refuses a suggestion half a decade off, which x30 let through.
+    assert KNOWN_GOOD_LR / 3 <= result.suggestion <= KNOWN_GOOD_LR * 3
 
 
 def test_one_epoch_at_the_suggestion_beats_rates_a_hundred_times_off(digits: Any) -> None:
