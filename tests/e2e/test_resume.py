@@ -93,6 +93,11 @@ def started_in_the_background() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def started_at_a_terminal() -> None:
+    """Ctrl-C's SIGINT heard, even when these tests run in the background (which ignores it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "stop", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["kill-9", "sigterm", "sigint"]
@@ -106,7 +111,7 @@ def test_a_signal_during_an_epoch_leaves_a_run_that_resumes_to_the_uninterrupted
     process = subprocess.Popen(
         [sys.executable, "-c", PAUSING_GRAFT, *TRAIN, str(data), "--name", "killed"],
         cwd=tmp_path, env=env, text=True, stderr=subprocess.PIPE,
-        preexec_fn=None if stop == signal.SIGINT else started_in_the_background,
+        preexec_fn=started_at_a_terminal if stop == signal.SIGINT else started_in_the_background,
     )  # fmt: skip
     wait_until_paused(paused, process)
     process.send_signal(stop)  # from outside, in the middle of epoch 3
