@@ -137,6 +137,117 @@ MUTATIONS += [
     ),
 ]
 
+# --- slice: resume, checkpoints and the NaN guard (tests/unit/train/test_resume.py,
+# test_checkpoint_damage.py, test_non_finite.py, test_signals.py, tests/e2e/test_resume.py)
+_RESUME_TEST = (
+    "tests/unit/train/test_resume.py::test_resume_continues_from_the_checkpoint_not_from_scratch"
+)
+_KILL_IN_WRITE_TEST = (
+    "tests/unit/train/test_resume.py::"
+    "test_a_kill_while_writing_a_checkpoint_resumes_from_a_whole_one"
+)
+_NAN_TEST = (
+    "tests/unit/train/test_non_finite.py::test_a_nan_training_loss_stops_the_run_and_keeps_epoch_1"
+)
+MUTATIONS += [
+    Mutation(
+        "resume ignores the checkpoint (trains again from epoch 0 with fresh weights)",
+        "train/engine.py",
+        "        if checkpoint is not None:\n            self._restore(checkpoint)\n",
+        "",
+        (_RESUME_TEST,),
+    ),
+    Mutation(
+        "resume restores the progress but not the weights",
+        "train/engine.py",
+        '        self.model.load_state_dict(checkpoint.part("model"))\n',
+        "",
+        (_RESUME_TEST,),
+    ),
+    Mutation(
+        "resume restores neither the optimizer nor the schedule",
+        "train/engine.py",
+        "        if resuming and checkpoint is not None:",
+        "        if False:",
+        (_RESUME_TEST,),
+    ),
+    Mutation(
+        "a checkpoint's index is committed before its tensors are written",
+        "train/checkpoint.py",
+        "    save_tensors(folder / tensors_file, tensors)\n",
+        "    atomic_write_bytes(folder / INDEX_FILE, json.dumps({'tensors_file': tensors_file, "
+        "'progress': progress, 'optimizer_groups': optimizer_state['param_groups'], "
+        "'scheduler': _plain(scheduler.state_dict())}).encode())\n"
+        "    save_tensors(folder / tensors_file, tensors)\n",
+        (_KILL_IN_WRITE_TEST,),
+    ),
+    Mutation(
+        "the previous checkpoint's tensors are removed before the new index is committed",
+        "train/checkpoint.py",
+        "    atomic_write_bytes(folder / INDEX_FILE, json.dumps(index, indent=1).encode())\n",
+        "    if previous and previous != tensors_file:\n"
+        "        (folder / previous).unlink(missing_ok=True)\n"
+        "    atomic_write_bytes(folder / INDEX_FILE, json.dumps(index, indent=1).encode())\n",
+        (_KILL_IN_WRITE_TEST,),
+    ),
+    Mutation(
+        "a truncated checkpoint index crashes with a traceback",
+        "train/checkpoint.py",
+        "    except (OSError, ValueError) as error:",
+        "    except OSError as error:",
+        (
+            "tests/unit/train/test_checkpoint_damage.py::"
+            "test_a_damaged_last_json_is_refused_in_one_line[truncated]",
+        ),
+    ),
+    Mutation(
+        "a NaN loss overwrites the best weights (the guard runs after the callbacks save)",
+        "train/engine.py",
+        "            refuse_non_finite(self.records[-1], self.run.path)"
+        "  # before any callback saves\n"
+        "            self.position = (index, self.position[1] + 1)\n"
+        '            self._call("on_epoch_end", self.records[-1])\n',
+        "            self.position = (index, self.position[1] + 1)\n"
+        '            self._call("on_epoch_end", self.records[-1])\n'
+        "            refuse_non_finite(self.records[-1], self.run.path)\n",
+        (_NAN_TEST,),
+    ),
+    Mutation(
+        "the NaN guard disabled",
+        "train/engine.py",
+        "    if not bad:\n        return\n    losses =",
+        "    return\n    losses =",
+        (_NAN_TEST,),
+    ),
+    Mutation(
+        "a NaN score can become the best epoch",
+        "train/callbacks.py",
+        "        if not math.isfinite(self.score(monitor)):\n            return False\n",
+        "",
+        ("tests/unit/train/test_non_finite.py::test_a_nan_score_never_becomes_the_best",),
+    ),
+    Mutation(
+        "SIGTERM is not turned into an interrupt",
+        "train/signals.py",
+        "previous = signal.signal(signal.SIGTERM, _raise_terminated)",
+        "previous = signal.getsignal(signal.SIGTERM)",
+        (
+            "tests/unit/train/test_signals.py::"
+            "test_sigterm_interrupts_like_ctrl_c_and_the_old_handler_comes_back",
+        ),
+    ),
+    Mutation(
+        "an interrupted run does not say how to resume",
+        "train/recipe.py",
+        '            logger.warning("%s", how_to_resume(run.path))\n',
+        "            pass\n",
+        (
+            "tests/e2e/test_resume.py::test_a_signal_during_an_epoch_leaves_a_run_that_resumes_"
+            "to_the_uninterrupted_weights[sigint]",
+        ),
+    ),
+]
+
 
 @dataclass(frozen=True)
 class Outcome:

@@ -1,28 +1,61 @@
-"""Checkpoints resume exactly: after kill -9, SIGTERM or Ctrl-C, and to extend a finished run."""
+"""Checkpoints resume exactly: after kill -9, SIGTERM or SIGINT sent during an epoch, after
+Ctrl-C across a phase boundary, and to extend a finished run."""
 
 from __future__ import annotations
 
 import csv
-import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
-from tests.e2e.runner import GRAFT, graft
 from torchgraft import api
+from torchgraft.cli import app
 from torchgraft.train.checkpoint import load_checkpoint
 
-TRAIN = ("train", "digits", "--model", "cnn", "--epochs", "6", "--batch-size", "32",
-         "--deterministic", "--no-tensorboard", "--quiet")  # fmt: skip
+# The smallest run in which a resume means something: 3 epochs of a from-scratch mlp.
+TRAIN = ("train", "--model", "mlp", "--epochs", "3", "--image-size", "16", "--batch-size", "8",
+         "--deterministic", "--no-tensorboard", "--no-report", "--quiet")  # fmt: skip
+SETTINGS = dict(model="mlp", epochs=3, image_size=16, batch_size=8, deterministic=True,
+                tensorboard=False, report=False, quiet=True)  # fmt: skip
+
+# `graft ARGS` that holds still in the first step of epoch 3 (after epoch 2's checkpoint),
+# having touched $PAUSED_FILE, until a signal stops it; exit 3 if none comes.
+PAUSING_GRAFT = """
+import os, runpy, sys, time
+from pathlib import Path
+from torchgraft.train import callbacks
+
+def pause_in_epoch_3(self, trainer, step):
+    if trainer.epoch == 3:
+        Path(os.environ["PAUSED_FILE"]).touch()
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        os._exit(3)
+
+callbacks.Checkpointer.on_step_end = pause_in_epoch_3
+sys.argv = ["graft", *sys.argv[1:]]
+runpy.run_module("torchgraft", run_name="__main__")
+"""
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(run).part("model")
+
+
+def assert_same_weights(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor]) -> None:
+    """The same tensors under the same names, bit for bit (an empty dict is no evidence)."""
+    assert expected, "no model tensors to compare"
+    assert sorted(actual) == sorted(expected)
+    differing = [name for name in expected if not torch.equal(expected[name], actual[name])]
+    assert differing == []
 
 
 def rows(run: Path) -> list[dict[str, str]]:
@@ -30,22 +63,29 @@ def rows(run: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(file)]
 
 
-def wait_for_epoch(run: Path, epoch: int, process: subprocess.Popen[str]) -> None:
-    index = run / "checkpoints" / "last.json"
+def wait_until_paused(paused: Path, process: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
-        if index.is_file() and json.loads(index.read_text())["progress"]["epoch"] >= epoch:
+        if paused.is_file():
             return
         time.sleep(0.05)
-    pytest.fail("the training process never reached the epoch to kill it at")
+    _, stderr = process.communicate(timeout=60)
+    pytest.fail(f"the training never reached epoch 3 (exit {process.returncode}): {stderr}")
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The uninterrupted run the stopped ones must end up identical to."""
-    root = tmp_path_factory.mktemp("straight")
-    assert graft(*TRAIN, "--name", "straight", cwd=root).returncode == 0
-    return root / "runs" / "straight"
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from torchgraft.testing import make_image_folder
+
+    return make_image_folder(tmp_path_factory.mktemp("data") / "images", per_class=6, size=16)
+
+
+@pytest.fixture(scope="module")
+def straight(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run (the same settings, in this process) the stopped ones must end
+    up identical to."""
+    runs = tmp_path_factory.mktemp("straight")
+    return api.train(data, name="straight", runs_dir=str(runs), **SETTINGS).path
 
 
 def started_in_the_background() -> None:
@@ -53,32 +93,49 @@ def started_in_the_background() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
-def test_resume_after_a_kill_gives_the_uninterrupted_weights(
-    stop: signal.Signals, straight: Path, tmp_path: Path
-) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    process = subprocess.Popen(
-        [*GRAFT, *TRAIN, "--name", "killed"], cwd=tmp_path, env=env, text=True,
-        stderr=subprocess.PIPE, preexec_fn=started_in_the_background,
-    )  # fmt: skip
-    killed = tmp_path / "runs" / "killed"
-    wait_for_epoch(killed, 2, process)
-    process.send_signal(stop)
-    _, stderr = process.communicate(timeout=300)
-    assert json.loads((killed / "checkpoints" / "last.json").read_text())["progress"]["epoch"] < 6
-    if stop == signal.SIGTERM:  # stopped as Ctrl-C stops it, saying how to go on
-        assert process.returncode == 130, stderr
-        assert "resume with `graft train --resume runs/killed`" in stderr
-        assert "Traceback" not in stderr
+def started_at_a_terminal() -> None:
+    """Ctrl-C's SIGINT heard, even when these tests run in the background (which ignores it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-    resumed = graft("train", "--resume", str(killed), "--quiet", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
-    expected, actual = final_weights(straight), final_weights(killed)
-    assert expected.keys() == actual.keys()
-    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "stop", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["kill-9", "sigterm", "sigint"]
+)
+def test_a_signal_during_an_epoch_leaves_a_run_that_resumes_to_the_uninterrupted_weights(
+    stop: signal.Signals, data: Path, straight: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    paused = tmp_path / "paused"
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PAUSED_FILE": str(paused)}
+    process = subprocess.Popen(
+        [sys.executable, "-c", PAUSING_GRAFT, *TRAIN, str(data), "--name", "killed"],
+        cwd=tmp_path, env=env, text=True, stderr=subprocess.PIPE,
+        preexec_fn=started_at_a_terminal if stop == signal.SIGINT else started_in_the_background,
+    )  # fmt: skip
+    wait_until_paused(paused, process)
+    process.send_signal(stop)  # from outside, in the middle of epoch 3
+    _, stderr = process.communicate(timeout=300)
+    killed = tmp_path / "runs" / "killed"
+    command = "graft train --resume runs/killed"
+    if stop == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL
+    else:  # stopped as Ctrl-C stops it, saying how to go on
+        assert process.returncode == 130, stderr
+        assert f"resume with `{command}`" in stderr
+        assert "Traceback" not in stderr
+    assert load_checkpoint(killed).meta["progress"]["epoch"] == 2
+    kept = (killed / "metrics.csv").read_text().splitlines()
+    assert len(kept) == 3  # the header and epochs 1 and 2
+
+    monkeypatch.chdir(tmp_path)  # the command as the message gives it, in this process
+    resumed = CliRunner().invoke(app, command.split()[1:])
+    assert resumed.exit_code == 0, resumed.output
+    # From the checkpoint: epochs 1 and 2 were not trained again (their rows, timings
+    # included, are as the killed process wrote them); the result is the uninterrupted run's.
+    assert (killed / "metrics.csv").read_text().splitlines()[:3] == kept
     assert rows(killed) == rows(straight)
+    assert_same_weights(final_weights(straight), final_weights(killed))
 
 
 def test_extending_a_finished_run(tmp_path: Path) -> None:
@@ -120,5 +177,5 @@ def test_resume_after_ctrl_c_across_the_phase_boundary(
     monkeypatch.undo()
     interrupted = api.resume(tmp_path / "runs" / "interrupted", quiet=True)
     expected, actual = final_weights(straight.path), final_weights(interrupted.path)
-    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+    assert_same_weights(expected, actual)
     assert rows(interrupted.path) == rows(straight.path)

@@ -110,14 +110,13 @@ def load_checkpoint(run_path: Path) -> Checkpoint:
         )
     meta = _read_index(folder)
     # Only a file inside the checkpoint folder, read as safetensors: never a pickle.
-    tensors_file = folder / Path(str(meta.get("tensors_file", ""))).name
+    tensors_file = folder / Path(str(meta["tensors_file"])).name
     try:
         tensors = load_tensors(tensors_file)
     except Exception as error:  # safetensors raises its own error types for torn files
-        raise UserError(
-            f"the checkpoint {tensors_file} is damaged or missing ({error}): the run cannot "
-            f"resume from it. Train it again, {replace_it(run_path)}."
-        ) from None
+        raise UserError(_damaged(tensors_file, error)) from None
+    if "rng.torch" not in tensors or not any(name.startswith("model.") for name in tensors):
+        raise UserError(_damaged(tensors_file, "it holds no model weights or random state"))
     return Checkpoint(tensors, meta)
 
 
@@ -138,12 +137,36 @@ def restore_rng(checkpoint: Checkpoint) -> None:
     torch.set_rng_state(checkpoint.tensors["rng.torch"])
 
 
+# What a checkpoint index must hold, by key and type; its progress, by key.
+INDEX_KEYS = {"tensors_file": str, "progress": dict, "optimizer_groups": list, "scheduler": dict}
+PROGRESS_KEYS = ("epoch", "position", "phases", "records")
+
+
 def _read_index(folder: Path) -> dict[str, Any]:
+    """The index, checked for what resuming reads: a damaged one is a UserError saying so."""
+    path = folder / INDEX_FILE
     try:
-        index: dict[str, Any] = json.loads((folder / INDEX_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise UserError(f"{folder / INDEX_FILE} is unreadable: {error}") from None
+        index = json.loads(path.read_text())
+    except (OSError, ValueError) as error:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise UserError(_damaged(path, error)) from None
+    if not isinstance(index, dict):
+        raise UserError(_damaged(path, "it is not a JSON object"))
+    wrong = [key for key, kind in INDEX_KEYS.items() if not isinstance(index.get(key), kind)]
+    if not wrong:
+        wrong = [f"progress.{key}" for key in PROGRESS_KEYS if key not in index["progress"]]
+    if wrong:
+        raise UserError(_damaged(path, f"{', '.join(wrong)} missing or of the wrong type"))
     return index
+
+
+def _damaged(path: Path, reason: object) -> str:
+    """One line: which checkpoint file is damaged, why, and how to go on."""
+    reason = " ".join(str(reason).split())
+    run_path = path.parent.parent
+    return (
+        f"the checkpoint file {path} is damaged ({reason}): the run cannot resume from it. "
+        f"Train it again, {replace_it(run_path)}."
+    )
 
 
 def _plain(value: Any) -> Any:
