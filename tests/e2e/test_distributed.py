@@ -45,7 +45,7 @@ def wait_until_blocked(process: subprocess.Popen[bytes], out: Path) -> None:
         if process.poll() is not None or time.monotonic() > deadline:
             log = (out / "torchrun.log").read_text()[-3000:]
             pytest.fail(f"the ranks never blocked (torchrun exit {process.poll()}):\n{log}")
-        time.sleep(0.1)
+        time.sleep(0.1)  # sleep-ok: paces a poll for the pid files, under a deadline
 
 
 @pytest.fixture(scope="module")

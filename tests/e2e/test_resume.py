@@ -37,7 +37,7 @@ def pause_in_epoch_3(self, trainer, step):
         Path(os.environ["PAUSED_FILE"]).touch()
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            time.sleep(0.01)
+            time.sleep(0.01)  # sleep-ok: holds the child until the test signals it
         os._exit(3)
 
 callbacks.Checkpointer.on_step_end = pause_in_epoch_3
@@ -68,7 +68,7 @@ def wait_until_paused(paused: Path, process: subprocess.Popen[str]) -> None:
     while time.monotonic() < deadline and process.poll() is None:
         if paused.is_file():
             return
-        time.sleep(0.05)
+        time.sleep(0.05)  # sleep-ok: paces a poll for the pause file, under a deadline
     _, stderr = process.communicate(timeout=60)
     pytest.fail(f"the training never reached epoch 3 (exit {process.returncode}): {stderr}")
 
