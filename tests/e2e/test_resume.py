@@ -138,15 +138,16 @@ def test_a_signal_during_an_epoch_leaves_a_run_that_resumes_to_the_uninterrupted
     assert_same_weights(final_weights(straight), final_weights(killed))
 
 
-def test_extending_a_finished_run(tmp_path: Path) -> None:
-    run = api.train(
-        "digits", model="cnn", epochs=2, runs_dir=str(tmp_path), quiet=True, tensorboard=False
-    )
+def test_extending_a_finished_run(data: Path, tmp_path: Path) -> None:
+    run = api.train(data, runs_dir=str(tmp_path), **{**SETTINGS, "epochs": 2})
+    finished = final_weights(run.path)
     extended = api.resume(run.path, epochs=4, quiet=True)
     assert [int(row["epoch"]) for row in rows(extended.path)] == [1, 2, 3, 4]
     phases = load_checkpoint(run.path).meta["progress"]["phases"]
     assert phases == [{"name": "scratch", "epochs": 2}, {"name": "scratch", "epochs": 2}]
     assert api.load_run(run.path).info.config["train"]["epochs"] == 4
+    trained_on = final_weights(run.path)
+    assert any(not torch.equal(finished[name], trained_on[name]) for name in finished)
 
 
 def test_resume_after_ctrl_c_across_the_phase_boundary(
@@ -156,22 +157,22 @@ def test_resume_after_ctrl_c_across_the_phase_boundary(
     from torchgraft.testing import make_image_folder
     from torchgraft.train import callbacks
 
-    data = make_image_folder(tmp_path / "data", per_class=8, size=32)
+    data = make_image_folder(tmp_path / "data", per_class=4, size=32)
     settings = dict(
-        model="efficientnet_lite0", freeze_epochs=2, epochs=2, image_size=32, batch_size=8,
+        model="efficientnet_lite0", freeze_epochs=1, epochs=2, image_size=32, batch_size=8,
         runs_dir=str(tmp_path / "runs"), quiet=True, tensorboard=False, deterministic=True,
-        cache_dir=str(tmp_path / "cache"),
+        report=False, cache_dir=str(tmp_path / "cache"),
     )  # fmt: skip
     straight = api.train(data, name="straight", **settings)
 
     original = callbacks.EpochLog.on_epoch_end
 
-    def interrupt_at_epoch_3(self, trainer, record):  # type: ignore[no-untyped-def]
+    def interrupt_at_epoch_2(self, trainer, record):  # type: ignore[no-untyped-def]
         original(self, trainer, record)
-        if record.epoch == 3:
+        if record.epoch == 2:  # the first fine-tune epoch, after the head's
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(callbacks.EpochLog, "on_epoch_end", interrupt_at_epoch_3)
+    monkeypatch.setattr(callbacks.EpochLog, "on_epoch_end", interrupt_at_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         api.train(data, name="interrupted", **settings)
     monkeypatch.undo()
