@@ -89,8 +89,36 @@ function upload(file) {
   const ticket = { number: ++latest, signal: pending.signal };
   classify(file, ticket).catch((e) => {
     // An aborted request belongs to a superseded upload: nothing to show.
-    if (e.name !== "AbortError" && ticket.number === latest) showError(String(e));
+    if (e.name !== "AbortError" && ticket.number === latest) failed(file, e.message);
   });
+}
+
+// A failed upload: the reason in words, and no earlier prediction left beside it as if it
+// were this file's.
+function failed(file, reason) {
+  document.getElementById("result").hidden = true;
+  showError(`Could not classify ${file.name}: ${reason}`);
+}
+
+// What the server said, in words: its JSON `detail` (400, 413, 415, 503) after the status,
+// or the status alone when the body is not ours (a proxy's page, a crash's traceback).
+async function refusal(response) {
+  const status = `the server answered ${response.status} ${response.statusText}`.trim();
+  const type = response.headers.get("content-type") || "";
+  const body = type.includes("application/json") ? await response.json().catch(() => null) : null;
+  if (body && typeof body.detail === "string") return `${status}: ${body.detail}`;
+  if (response.status >= 500) return `${status}; the server failed, not your image: try again.`;
+  return status;
+}
+
+// fetch, with a network failure (server stopped, connection refused) said in words.
+async function post(path, form, signal) {
+  try {
+    return await fetch(path, { method: "POST", body: form, signal });
+  } catch (e) {
+    if (e.name === "AbortError") throw e;
+    throw new Error("the server did not answer: is graft serve still running?");
+  }
 }
 
 async function classify(file, ticket) {
@@ -99,21 +127,23 @@ async function classify(file, ticket) {
   const form = new FormData();
   form.append("file", file, file.name);
   // A refused upload (400, 413, 415) is shown on the page with the server's reason.
-  const response = await fetch("/predict", { method: "POST", body: form, signal: ticket.signal });
-  const body = await response.json();
-  if (ticket.number !== latest) return;
+  const response = await post("/predict", form, ticket.signal);
   if (!response.ok) {
-    showError(`Could not classify ${file.name}: ${body.detail}`);
+    const reason = await refusal(response);
+    if (ticket.number === latest) failed(file, reason);
     return;
   }
+  const body = await response.json();
+  if (ticket.number !== latest) return;
   showPrediction(file, body);
-  if (canExplain) await showExplanation(form, ticket);
+  // The overlay is extra: if it cannot be had, the prediction stands without it.
+  if (canExplain) await showExplanation(form, ticket).catch(() => {});
 }
 
 // Grad-CAM: the server draws where the network looked; only asked for when /health says the
 // model supports it (a convolutional backbone).
 async function showExplanation(form, ticket) {
-  const response = await fetch("/explain", { method: "POST", body: form, signal: ticket.signal });
+  const response = await post("/explain", form, ticket.signal);
   if (!response.ok) return;
   const overlay = await response.blob();
   if (ticket.number !== latest) return;
