@@ -7,7 +7,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 # Two cores: keep intra-op threads at the core count so data workers never oversubscribe.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo test lint typecheck mutations clean
+.PHONY: demo test test-gpu lint typecheck mutations clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,13 @@ $(CHROMIUM):
 test: lint typecheck $(CHROMIUM)
 	@$(BIN)/python -m pytest tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; fi; \
+	exit $$rc
+
+# The tests that need a CUDA device (`make test` deselects them on a machine without one and
+# says how many). On a machine without CUDA they fail instead of skipping.
+test-gpu: $(VENV)/.installed-test
+	@$(BIN)/python -m pytest tests -m gpu; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no gpu tests: the suite is broken" >&2; fi; \
 	exit $$rc
 
 # Deliberate breakages of the source, each of which the suite must catch (not part of `test`:

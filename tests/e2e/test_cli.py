@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.e2e.runner import graft
 from torchgraft.testing import file_hashes
@@ -137,29 +136,69 @@ def test_lr_auto_trains_at_the_suggestion(tmp_path: Path) -> None:
     assert (tmp_path / "runs" / "auto" / "figures" / "lr_find.png").is_file()
 
 
-def test_evaluate_writes_metrics_and_calibrates_predictions(tiny_run: Path) -> None:
-    result = graft("evaluate", "--run", str(tiny_run), "--quiet")
+def test_evaluate_writes_metrics_and_calibrates_predictions(copied_run: Path) -> None:
+    # training left these too: remove them, so only evaluate can have written them
+    (copied_run / "metrics.json").unlink()
+    (copied_run / "figures" / "confusion_matrix.png").unlink()
+    result = graft("evaluate", "--run", str(copied_run), "--quiet")
     assert result.returncode == 0, result.stderr
     assert "precision" in result.stdout and "calibration: ECE" in result.stdout
     assert re.search(r"unfamiliar inputs: score above \d\.\d{4} \(the 0.99 quantile", result.stdout)
-    report = json.loads((tiny_run / "metrics.json").read_text())
-    info = json.loads((tiny_run / "graft.json").read_text())
+    report = json.loads((copied_run / "metrics.json").read_text())
+    info = json.loads((copied_run / "graft.json").read_text())
     assert report["temperature"] == info["temperature"] > 0
     assert (
-        report["metrics"]["confusion"] and (tiny_run / "figures" / "confusion_matrix.png").is_file()
+        report["metrics"]["confusion"]
+        and (copied_run / "figures" / "confusion_matrix.png").is_file()
     )
     assert sum(sum(row) for row in report["metrics"]["confusion"]) == report["images"]
 
 
-def test_evaluate_runs_on_the_device_it_is_given(tiny_run: Path) -> None:
-    on_cpu = graft("evaluate", "--run", str(tiny_run), "--device", "cpu", "--quiet")
+def test_evaluate_runs_on_the_device_it_is_given(
+    copied_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_cpu = graft("evaluate", "--run", str(copied_run), "--device", "cpu", "--quiet")
     assert on_cpu.returncode == 0, on_cpu.stderr
     assert "on cpu, fp32" in on_cpu.stdout
-    report = json.loads((tiny_run / "metrics.json").read_text())
+    report = json.loads((copied_run / "metrics.json").read_text())
     assert (report["device"], report["precision"]) == ("cpu", "fp32")
-    if not torch.cuda.is_available():  # asked for a GPU it lacks: refused, not run elsewhere
-        on_gpu = graft("evaluate", "--run", str(tiny_run), "--device", "cuda", "--quiet")
-        assert on_gpu.returncode == 2 and "cuda: torch sees no CUDA device" in on_gpu.stderr
+    # asked for a GPU it lacks: refused, not run elsewhere (no GPU is visible, on any machine)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    on_gpu = graft("evaluate", "--run", str(copied_run), "--device", "cuda", "--quiet")
+    assert on_gpu.returncode == 2 and "cuda: torch sees no CUDA device" in on_gpu.stderr
+    assert json.loads((copied_run / "metrics.json").read_text()) == report  # nothing written
+
+
+@pytest.mark.gpu
+def test_evaluate_on_cuda_gives_the_cpu_answers(copied_run: Path) -> None:
+    reports = {}
+    for device in ("cpu", "cuda"):
+        result = graft("evaluate", "--run", str(copied_run), "--device", device, "--quiet")
+        assert result.returncode == 0, result.stderr
+        reports[device] = json.loads((copied_run / "metrics.json").read_text())
+    assert reports["cuda"]["device"].startswith("cuda")
+    assert reports["cuda"]["images"] == reports["cpu"]["images"]
+    # bf16/fp16 autocast may move a probability, not the answers on a well-separated tiny set
+    assert reports["cuda"]["metrics"]["confusion"] == reports["cpu"]["metrics"]["confusion"]
+
+
+@pytest.mark.gpu
+def test_predict_on_cuda_gives_the_cpu_answers(tiny_run: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from torchgraft.testing import class_image
+
+    for index in range(6):
+        Image.fromarray(class_image(index % 3, 32, seed=index)).save(tmp_path / f"{index}.png")
+    records = {}
+    for device in ("cpu", "cuda"):
+        result = graft("predict", "*.png", "--run", str(tiny_run), "--device", device,
+                       "--output", f"{device}.json", cwd=tmp_path)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        records[device] = json.loads((tmp_path / f"{device}.json").read_text())
+    assert [r["class_name"] for r in records["cuda"]] == [r["class_name"] for r in records["cpu"]]
+    for on_gpu, on_cpu in zip(records["cuda"], records["cpu"], strict=True):
+        assert on_gpu["probability"] == pytest.approx(on_cpu["probability"], abs=0.02)
 
 
 def test_training_twice_under_one_name_leaves_the_first_run_intact(tmp_path: Path) -> None:

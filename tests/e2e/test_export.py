@@ -11,6 +11,7 @@ import pytest
 
 from tests.e2e.runner import graft
 from torchgraft.artifact import RUN_FILE, WEIGHTS_FILE
+from torchgraft.export import ExportReport
 
 
 def copy_run(run: Path, destination: Path) -> Path:
@@ -75,3 +76,41 @@ def test_export_all_without_a_compiler_still_exports_and_records_the_rest(
     assert not (exports / "model.pt2").exists()
     for file_name in ("model.onnx", "model.ts", "model.int8.onnx", "README.md"):
         assert (exports / file_name).is_file(), file_name
+
+
+@pytest.fixture(scope="module")
+def lite0_export(tmp_path_factory: pytest.TempPathFactory) -> ExportReport:
+    """The bundled pretrained EfficientNet-Lite0 with a grafted 10-class head trained for one
+    epoch on features (digits at 64 px), exported once to the float formats checked here."""
+    from torchgraft import api
+    from torchgraft.export import export_run
+
+    run = api.train("digits", model="efficientnet_lite0", image_size=64, freeze_epochs=1,
+                    epochs=0, runs_dir=str(tmp_path_factory.mktemp("lite0")), name="lite0",
+                    report=False, quiet=True)  # fmt: skip
+    return export_run(run, ["onnx", "torchscript"], quiet=True)
+
+
+@pytest.mark.slow
+def test_float_exports_of_the_real_backbone_give_eager_answers(lite0_export: ExportReport) -> None:
+    """Depthwise convolutions, folded batch norms and ReLU6 of a real pretrained network,
+    not only a tiny cnn: each file's probabilities against the run's classifier in PyTorch."""
+    import numpy as np
+    import torch
+
+    from torchgraft.artifact import Run
+    from torchgraft.export import load_exported
+    from torchgraft.export.images import parity_images
+    from torchgraft.models import load_model
+
+    run = Run.load(lite0_export.folder.parent)
+    images = parity_images(run, quiet=True)
+    assert len(images.labels) > 300  # digits' validation split: a 2% bound means something
+    with torch.no_grad():
+        logits = load_model(run).eval()(torch.from_numpy(images.pixels))
+    expected = (logits / run.info.temperature).softmax(1).numpy()
+    assert (expected.argmax(1) == images.labels).mean() > 0.6  # the head learned something
+    for file_name in ("model.onnx", "model.ts"):
+        probabilities = load_exported(lite0_export.folder / file_name)(images.pixels)
+        assert (probabilities.argmax(1) == expected.argmax(1)).all(), file_name
+        assert np.abs(probabilities - expected).max() <= lite0_export.float_tolerance, file_name

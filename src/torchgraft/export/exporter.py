@@ -33,6 +33,7 @@ from torchgraft.export.model import (
 )
 from torchgraft.export.parity import (
     INT8_MAX_ACCURACY_DROP,
+    INT8_MAX_DISAGREEMENT,
     FormatParity,
     Reference,
     compare,
@@ -68,6 +69,7 @@ class ExportReport:
                 "float_max_abs_diff": self.float_tolerance,
                 "float_top1_disagreements": 0,
                 "int8_max_accuracy_drop": INT8_MAX_ACCURACY_DROP,
+                "int8_max_top1_disagreement_share": INT8_MAX_DISAGREEMENT,
             },
             "passed": self.passed,
             "formats": {result.format: result.to_dict() for result in self.results},

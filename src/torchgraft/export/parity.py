@@ -2,7 +2,9 @@
 
 A float format must pick the same top-1 class on every image and stay within the float
 tolerance of eager PyTorch's probabilities; an int8 format may differ more but must not lose
-more than INT8_MAX_ACCURACY_DROP of accuracy.
+more than INT8_MAX_ACCURACY_DROP of accuracy, nor change the top-1 answer on more than
+INT8_MAX_DISAGREEMENT of the images (accuracy alone hides flips that cancel out: right
+answers turned wrong and as many wrong ones turned right).
 
 The float tolerance is FLOAT_TOLERANCE, unless eager PyTorch itself is further than that
 from the exact answer: float32 rounding in a deep network (EfficientNet-Lite0 at 64 px:
@@ -27,6 +29,7 @@ from torchgraft.export.model import ProbabilityModel, numpy_predict, predict_in_
 FLOAT_TOLERANCE = 1e-4  # largest allowed |p_export - p_eager| for a float format...
 NOISE_FACTOR = 10.0  # ... or this many times eager float32's own error, when that exceeds it
 INT8_MAX_ACCURACY_DROP = 0.01  # one point of accuracy
+INT8_MAX_DISAGREEMENT = 0.02  # share of images whose int8 top-1 may differ from eager's
 
 
 @dataclass
@@ -123,6 +126,12 @@ def failure_reason(precision: str, numbers: dict[str, Any], float_tolerance: flo
             return (
                 f"int8 quantization lost {drop:.2%} of accuracy on {images} images "
                 f"(at most {INT8_MAX_ACCURACY_DROP:.0%} allowed): use the float ONNX model "
+                "(onnx) instead, or train longer for larger class margins"
+            )
+        if disagreements > INT8_MAX_DISAGREEMENT * images + 1e-9:
+            return (
+                f"int8 quantization changed {disagreements} of {images} top-1 predictions "
+                f"(at most {INT8_MAX_DISAGREEMENT:.0%} allowed): use the float ONNX model "
                 "(onnx) instead, or train longer for larger class margins"
             )
         return ""

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from skimage import data as skimage_data
 
 from torchgraft.data.decode import UnreadableImage, decode_file
 from torchgraft.data.hashing import (
@@ -25,7 +26,6 @@ from torchgraft.testing import class_image
 
 def photo() -> np.ndarray:
     """A real photo (scikit-image's cat), halved: (150, 225, 3) uint8."""
-    skimage_data = pytest.importorskip("skimage.data")
     return np.asarray(Image.fromarray(skimage_data.chelsea()).reduce(2))
 
 

@@ -88,8 +88,11 @@ def test_an_unknown_device_is_a_user_error(tiny_run: Path) -> None:
         api.predictor(tiny_run, device="gpu")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
-def test_cuda_without_a_cuda_device_is_a_user_error(tiny_run: Path) -> None:
+def test_cuda_without_a_cuda_device_is_a_user_error(
+    tiny_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a GPU machine
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     with pytest.raises(UserError, match="cuda: torch sees no CUDA device here"):
         api.predictor(tiny_run, device="cuda")
 
