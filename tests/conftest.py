@@ -13,7 +13,12 @@ import torch
 
 from torchgraft.testing import file_hashes
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# `make test` runs the suite in pytest-xdist workers, one per core: each worker, and every CLI
+# subprocess it starts (they inherit OMP_NUM_THREADS), gets its share of the cores, at most 2.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+torch.set_num_threads(THREADS)
 
 # Caches (decoded images, backbone features) go to a fresh folder per test session, also for
 # the CLI subprocesses, which inherit the environment: no test reads another session's cache.
@@ -66,20 +71,19 @@ def imagenet_model() -> torch.nn.Module:
     return model.eval()
 
 
-# GPU tests (`@pytest.mark.gpu`) need a CUDA device. Without one, a plain run deselects them and
-# its summary says how many were not run; a run that asks for them (`-m gpu`, `make test-gpu`)
-# fails them instead, so a GPU job on a machine that lost its GPU is never green.
-GPU_NOT_RUN = pytest.StashKey[int]()
+# GPU tests (`@pytest.mark.gpu`) need a CUDA device. Without one, a plain run skips them with
+# the reason, so the summary line counts them and -ra says why (this works in xdist workers,
+# where a deselection would not reach the summary); a run that asks for them (`-m gpu`, `make
+# test-gpu`) fails them instead, so a GPU job on a machine that lost its GPU is never green.
+GPU_NOT_RUN = "gpu test not run: no CUDA device (make test-gpu on a GPU machine)"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available() or "gpu" in (config.option.markexpr or ""):
         return
-    gpu = [item for item in items if item.get_closest_marker("gpu")]
-    if gpu:
-        config.hook.pytest_deselected(items=gpu)
-        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
-    config.stash[GPU_NOT_RUN] = len(gpu)
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(pytest.mark.skip(reason=GPU_NOT_RUN))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -250,12 +254,6 @@ SHARED_RUNS_CHANGED = pytest.StashKey[dict[str, list[str]]]()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
-    not_run = config.stash.get(GPU_NOT_RUN, 0)
-    if not_run:
-        terminalreporter.write_line(
-            f"{not_run} gpu tests not run: no CUDA device (make test-gpu on a GPU machine)",
-            yellow=True,
-        )
     changed = config.stash.get(SHARED_RUNS_CHANGED, {})
     if changed:
         terminalreporter.section("shared runs changed during the session", red=True, bold=True)

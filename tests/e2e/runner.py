@@ -11,7 +11,7 @@ GRAFT = [sys.executable, "-m", "torchgraft"]
 
 
 def graft(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "COLUMNS": "200"}  # OMP_NUM_THREADS as tests/conftest.py set it
     return subprocess.run(
         [*GRAFT, *args], capture_output=True, text=True, cwd=cwd, timeout=900, env=env
     )

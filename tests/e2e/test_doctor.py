@@ -22,7 +22,12 @@ def doctor(*args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=300,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2", **_SOURCES},
+        env={
+            "COLUMNS": "200",
+            "PATH": "/usr/bin:/bin",
+            "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"],
+            **_SOURCES,
+        },
     )
 
 

@@ -46,7 +46,7 @@ class Finished:
 
 
 def run_graft(*args: str, cwd: Path) -> Finished:
-    env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "COLUMNS": "200"}
     peak = cwd / f"peak-rss-{args[0]}.txt"
     done = subprocess.run(
         [sys.executable, "-c", _MEASURED, str(peak), *GRAFT, *args],

@@ -107,7 +107,7 @@ def test_a_signal_during_an_epoch_leaves_a_run_that_resumes_to_the_uninterrupted
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     paused = tmp_path / "paused"
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PAUSED_FILE": str(paused)}
+    env = {**os.environ, "PAUSED_FILE": str(paused)}
     process = subprocess.Popen(
         [sys.executable, "-c", PAUSING_GRAFT, *TRAIN, str(data), "--name", "killed"],
         cwd=tmp_path, env=env, text=True, stderr=subprocess.PIPE,
