@@ -40,18 +40,14 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update -qq && apt-get install -y -qq chromium
 
-# One pytest-xdist worker per core, a test file to a worker (its module fixtures built once);
-# tests/conftest.py gives each worker its share of the threads. Most tests wait on one core
-# (imports, subprocesses, a browser), so two workers keep both cores busy.
-TEST_WORKERS ?= 2
 # pytest exits 5 when it collects nothing; that is a broken suite here, not a pass.
 test: lint typecheck $(CHROMIUM)
-	@$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile; rc=$$?; \
+	@$(BIN)/python -m pytest tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; fi; \
 	exit $$rc
 
 # The tests that need a CUDA device (`make test` skips them on a machine without one, saying
-# why). Here, on a machine without CUDA, they fail instead of skipping.
+# why); here a machine without CUDA fails them instead of skipping.
 test-gpu: $(VENV)/.installed-test
 	@$(BIN)/python -m pytest tests -m gpu; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no gpu tests: the suite is broken" >&2; fi; \

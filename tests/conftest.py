@@ -13,8 +13,8 @@ import torch
 
 from torchgraft.testing import file_hashes
 
-# `make test` runs the suite in pytest-xdist workers, one per core: each worker, and every CLI
-# subprocess it starts (they inherit OMP_NUM_THREADS), gets its share of the cores, at most 2.
+# Each test process (several under pytest-xdist's `-n`), and every CLI subprocess it starts
+# (they inherit OMP_NUM_THREADS), gets its share of the cores, at most 2.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
 os.environ["OMP_NUM_THREADS"] = str(THREADS)
