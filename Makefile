@@ -54,7 +54,7 @@ test-gpu: $(VENV)/.installed-test
 	exit $$rc
 
 # Deliberate breakages of the source, each of which the suite must catch (not part of `test`:
-# every breakage reruns its tests, about half an hour in all).
+# every breakage reruns its tests, about 7 minutes in all here).
 mutations: $(VENV)/.installed-test
 	$(BIN)/python tests/mutations.py
 
