@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import itertools
@@ -131,10 +132,14 @@ def refuse_existing_run(runs_dir: str, name: str | None, overwrite: bool) -> Non
 
 def refuse_unwritable(runs_dir: Path) -> None:
     """Fail before any data is read when no run can be written under `runs_dir` (a read-only
-    disk, no permission, a path under a file): the folder is made and a file tried in it."""
+    disk, no permission, a path under a file). Nothing is left behind: a nameless file is
+    tried in the folder, or in its nearest existing parent when it is still to be made."""
+    existing = next(folder for folder in (runs_dir, *runs_dir.absolute().parents)
+                    if folder.exists())  # fmt: skip
     try:
-        runs_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=runs_dir):
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         raise UserError(
