@@ -155,7 +155,14 @@ def test_a_hostile_pickle_as_a_checkpoint_never_runs(tmp_path: Path, file_name: 
     canary = tmp_path / "canary"
     folder = run.path / CHECKPOINT_FOLDER
     hostile_checkpoint(folder / file_name, canary)
-    (folder / INDEX_FILE).write_text(f'{{"tensors_file": "{file_name}", "progress": {{}}}}')
+    progress = {"epoch": 1, "position": [0, 1], "phases": [], "records": []}
+    index = {
+        "tensors_file": file_name,
+        "progress": progress,
+        "optimizer_groups": [],
+        "scheduler": {},
+    }  # a whole index: the tensors file is what gets refused
+    (folder / INDEX_FILE).write_text(json.dumps(index))
     with pytest.raises(UserError, match=f"the checkpoint .*{file_name} is damaged"):
         load_checkpoint(run.path)
     assert not canary.exists()
