@@ -3,24 +3,19 @@ starve it, and bad uploads still get a 4xx through the real HTTP stack."""
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import io
 import select
 import socket
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image
 
-from torchgraft.serve.app import create_app
+from tests.serving import serving
 from torchgraft.serve.predictor import Predictor
-from torchgraft.serve.server import ServerSettings, server_config
 from torchgraft.testing import bad_uploads, class_image
 
 
@@ -33,30 +28,6 @@ def png() -> bytes:
 @pytest.fixture(scope="module")
 def predictor(tiny_run: Path) -> Predictor:
     return Predictor.from_run(tiny_run, "cpu")
-
-
-@contextlib.contextmanager
-def serving(predictor: Predictor, **settings: float) -> Iterator[str]:
-    """The app served by uvicorn in a thread, as `graft serve` configures it; yields its URL."""
-    chosen = ServerSettings(**settings)  # type: ignore[arg-type]
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    config = server_config(create_app(predictor, settings=chosen), "127.0.0.1", port, chosen)
-    config.log_level = "warning"
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)  # sleep-ok: paces a poll with a deadline
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        listener.close()
 
 
 def open_sockets(url: str, count: int) -> list[socket.socket]:
