@@ -12,6 +12,7 @@ import typer
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from torchgraft.config import default_of
+from torchgraft.defaults import PRETRAINED_RECIPE, SCRATCH_RECIPE
 from torchgraft.errors import GraftError
 
 app = typer.Typer(
@@ -34,8 +35,6 @@ DeviceOption = Annotated[
 
 def default_help(dotted: str) -> str:
     """ "(default: X)" for help texts; settings whose default depends on the model say so."""
-    from torchgraft.models.registry import PRETRAINED_RECIPE, SCRATCH_RECIPE
-
     value = default_of(dotted)
     key = dotted.split(".")[-1]
     if value is None and hasattr(PRETRAINED_RECIPE, key):

@@ -53,7 +53,7 @@ from torchgraft.data.decode import (
     decode_file,
 )
 from torchgraft.data.manifest import manifest_for
-from torchgraft.data.sources import LabeledImages
+from torchgraft.data.sources import LabeledImages, printable
 from torchgraft.data.transforms import eval_transform
 from torchgraft.errors import UserError
 
@@ -253,7 +253,10 @@ def _decode_all(
             for index, image, reason in batch:
                 if image is None:
                     skipped.append(Skipped(str(images.images[index]), reason))
-                    logger.warning("skipped %s: %s", images.images[index], reason)
+                    # printable: a name that is not UTF-8 cannot be written to a log as it is.
+                    logger.warning(
+                        "skipped %s: %s", printable(str(images.images[index])), printable(reason)
+                    )
                     continue
                 if rows is not None:
                     rows[len(kept)] = image  # rows stay in split order: batches arrive in order

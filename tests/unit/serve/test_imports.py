@@ -24,3 +24,18 @@ def test_prediction_does_not_import_the_evaluation_stack() -> None:
     )
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert shown.stdout.strip() == "[]"
+
+
+def test_the_cli_answers_help_without_importing_torch() -> None:
+    """`graft --help` and `graft train --help` answer in well under a second because torch
+    (seconds to import) loads inside the commands, never for the help."""
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from torchgraft.cli import app\n"
+        "for args in (['--help'], ['train', '--help'], ['predict', '--help']):\n"
+        "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules))"
+    )
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "[]"
