@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from torchgraft.artifact import Run
 from torchgraft.config import RunConfig, dotted_overrides, load_train_config
+from torchgraft.data.memory import hold, is_in_memory
 from torchgraft.errors import UserError
 from torchgraft.serve.predictor import ImageInput, Prediction, Predictor
 
@@ -33,6 +34,11 @@ if TYPE_CHECKING:
     from torchgraft.train.callbacks import Callback
     from torchgraft.train.lr_find_run import LrFindReport
 
+# What `train` and `lr_find` take as data: a bundled set name or a folder (or label file), or
+# images in memory (see torchgraft.data.memory): (images, labels) arrays or tensors, a torch
+# Dataset, a Hugging Face dataset.
+Data = str | Path | tuple[Any, Any] | Any
+
 
 def train_config(config: str | Path | None = None, **settings: Any) -> RunConfig:
     """The validated config `train` would use: a YAML file, then flat `settings` on top."""
@@ -40,8 +46,18 @@ def train_config(config: str | Path | None = None, **settings: Any) -> RunConfig
     return load_train_config(path, dotted_overrides(settings))
 
 
+def resolved_config(
+    data: Data | None = None, *, config: str | Path | None = None, **settings: Any
+) -> RunConfig:
+    """The config `train` would record for these arguments, with the model's defaults filled
+    in, without training: `graft train --print-config`."""
+    from torchgraft.train.recipe import with_model_defaults
+
+    return with_model_defaults(_config_with_data(data, config, settings))
+
+
 def train(
-    data: str | Path | None = None,
+    data: Data | None = None,
     *,
     config: str | Path | None = None,
     callbacks: Sequence[Callback] = (),
@@ -50,8 +66,11 @@ def train(
 ) -> Run:
     """Train a classifier and return its run directory.
 
-    `data` is a bundled set (mnist5k, digits) or a folder; `settings` are any config fields by
-    their flat names (model, epochs, lr, image_size, ...); `config` a YAML file under them.
+    `data` is a bundled set (mnist5k, digits), a folder or a label file, or images in memory:
+    `(images, labels)` as arrays or tensors, a torch Dataset such as torchvision's
+    ImageFolder, or a Hugging Face dataset (see torchgraft.data.memory; `class_names=[...]`
+    names their classes). `settings` are any config fields by their flat names (model,
+    epochs, lr, image_size, ...); `config` a YAML file under them.
     `callbacks` are your own `torchgraft.train.callbacks.Callback` objects: they hear every
     optimizer step (`on_step_end`) and epoch (`on_epoch_end`) and may call `trainer.stop()`.
     A `name` whose run exists is refused (a UserError) unless `overwrite`, which replaces
@@ -65,7 +84,7 @@ def train(
 
 
 def lr_find(
-    data: str | Path | None = None,
+    data: Data | None = None,
     *,
     config: str | Path | None = None,
     budget: float | str = 60.0,
@@ -91,8 +110,14 @@ def lr_find(
 
 
 def _config_with_data(
-    data: str | Path | None, config: str | Path | None, settings: dict[str, Any]
+    data: Data | None, config: str | Path | None, settings: dict[str, Any]
 ) -> RunConfig:
+    if is_in_memory(data):
+        # Class names as a list name the classes of in-memory data; data.class_names (a
+        # file of display names) stays a path.
+        names = settings.get("class_names")
+        names = settings.pop("class_names") if isinstance(names, list | tuple) else None
+        data = hold(data, names, quiet=bool(settings.get("quiet", False)))
     if data is not None:
         settings = {**settings, "data": str(data)}
     return train_config(config, **settings)

@@ -23,10 +23,13 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from torchgraft.config import config_yaml
 from torchgraft.errors import UserError
 
 RUN_FILE = "graft.json"
 WEIGHTS_FILE = "model.safetensors"
+LOG_FILE = "train.log"
+CONFIG_FILE = "config.yaml"
 FORMAT_VERSION = 1
 
 
@@ -126,8 +129,15 @@ class Run:
         run.save_info()
         return run
 
+    @property
+    def log_file(self) -> Path:
+        """train.log: the run's messages with timestamps, across resumes."""
+        return self.path / LOG_FILE
+
     def save_info(self) -> None:
         atomic_write_bytes(self.path / RUN_FILE, self.info.to_json().encode())
+        if self.info.config:  # the same config again, as a file `graft train --config` reads
+            atomic_write_bytes(self.path / CONFIG_FILE, config_yaml(self.info.config).encode())
 
     def save_weights(self, state_dict: dict[str, torch.Tensor], name: str = WEIGHTS_FILE) -> None:
         save_tensors(self.path / name, state_dict)

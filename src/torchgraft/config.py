@@ -150,6 +150,11 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def config_yaml(raw: dict[str, Any]) -> str:
+    """A saved config (`to_dict`'s form) as the YAML `--config` reads: a run's config.yaml."""
+    return yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file not found: {path}. Pass an existing YAML file to --config.")

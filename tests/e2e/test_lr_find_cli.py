@@ -18,7 +18,7 @@ SMALL = ("--model", "cnn", "--image-size", "32", "--batch-size", "8")
 @pytest.mark.slow
 def test_lr_find_leaves_the_training_run_its_name(tmp_path: Path) -> None:
     data = make_image_folder(tmp_path / "shapes", per_class=16, size=32)
-    found = graft("lr-find", str(data), *SMALL, "--time-limit", "20s", "--quiet", cwd=tmp_path)
+    found = graft("lr-find", str(data), *SMALL, "--time-limit", "8s", "--quiet", cwd=tmp_path)
     assert found.returncode == 0, found.stderr
     suggestion = re.search(r"suggested learning rate: (\S+)", found.stdout).group(1)  # type: ignore[union-attr]
     assert f"use it: graft train {data} {' '.join(SMALL)} --lr {suggestion}" in found.stdout
@@ -38,7 +38,7 @@ def test_lr_find_leaves_the_training_run_its_name(tmp_path: Path) -> None:
     assert (runs / "cnn-shapes" / "model.safetensors").is_file()
     assert sorted(path.name for path in runs.iterdir()) == ["cnn-shapes", "lr-find"]
 
-    again = graft("lr-find", str(data), *SMALL, "--time-limit", "20s", "--quiet", cwd=tmp_path)
+    again = graft("lr-find", str(data), *SMALL, "--time-limit", "8s", "--quiet", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert (runs / "lr-find" / "cnn-shapes-2" / "figures" / "lr_find.png").is_file()
     assert sorted(path.name for path in runs.iterdir()) == ["cnn-shapes", "lr-find"]
@@ -57,11 +57,11 @@ def test_lr_find_on_150_photos_at_224_px_announces_its_plan_within_the_limit(
 
     data = make_image_folder(tmp_path / "photos", per_class=50, size=224)
     caplog.set_level(logging.INFO, logger="torchgraft")
-    found = api.lr_find(data, budget="30s", model="efficientnet_lite0", image_size=224,
+    found = api.lr_find(data, budget="15s", model="efficientnet_lite0", image_size=224,
                         batch_size=16, runs_dir=str(tmp_path / "runs"), quiet=True)  # fmt: skip
 
     result = found.result
-    assert found.time_limit_s == 30.0 and result.budget_s is not None
+    assert found.time_limit_s == 15.0 and result.budget_s is not None
     assert result.estimate_s is not None
     announced = [r for r in caplog.records if r.getMessage().startswith("lr finder: ") and
                  " steps of 16 images at 224 px" in r.getMessage()]  # fmt: skip

@@ -300,16 +300,36 @@ def train(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bars; only the result.")
     ] = False,
+    print_config: Annotated[
+        bool,
+        typer.Option(
+            "--print-config",
+            help="Print the config this would train with (YAML, as --config reads it, the "
+            "model's defaults filled in) and exit without training.",
+        ),
+    ] = False,
 ) -> None:
-    """Train a classifier: graft a new head onto a pretrained backbone and fine-tune it."""
+    """Train a classifier: graft a new head onto a pretrained backbone and fine-tune it.
+
+    Every run saves its config as config.yaml: `graft train --config runs/X/config.yaml`
+    trains the same thing again.
+    """
     settings = {
         key: value
         for key, value in locals().items()
-        if value is not None and key not in ("config", "quiet", "resume", "overwrite")
+        if value is not None
+        and key not in ("config", "quiet", "resume", "overwrite", "print_config")
     }
     if quiet:
         settings["quiet"] = True
     from torchgraft import api
+
+    if print_config:
+        from torchgraft.config import config_yaml, to_dict
+
+        resolved = guard(lambda: api.resolved_config(config=config, **settings), quiet)
+        typer.echo(config_yaml(to_dict(resolved)), nl=False)
+        return
 
     if resume is not None:
         extra = sorted(set(settings) - {"epochs", "quiet"}) + ["--overwrite"] * overwrite

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from torchgraft.data.hashing import (
     THUMBNAIL_TOLERANCE,
@@ -46,6 +45,7 @@ from torchgraft.data.sources import (
     printable,
 )
 from torchgraft.errors import UserError
+from torchgraft.progress import progress
 
 if TYPE_CHECKING:
     from torchgraft.artifact import Preprocessing
@@ -267,11 +267,11 @@ def audit(
     automatic = _is_automatic_split(source)
     items, images = _items(data, automatic)
     logger.info("auditing %d images from %s", len(items), source)
-    with tqdm(total=len(items), desc="auditing", unit="image", disable=quiet) as progress:
+    with progress(total=len(items), desc="auditing", unit="image", quiet=quiet, leave=True) as bar:
         if isinstance(images, np.ndarray):
-            scans = fingerprint_arrays(images, progress.update)
+            scans = fingerprint_arrays(images, bar.update)
         else:
-            scans = fingerprint_files(images, workers, progress.update, preprocessing.channels)
+            scans = fingerprint_files(images, workers, bar.update, preprocessing.channels)
     splits = [AUTO_SPLIT] if automatic else _split_names(data)
     counts = _counts(items, scans, splits, data.class_names)
     ratio, weights = _imbalance(counts[splits[0]])

@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from torchgraft.artifact import Preprocessing
 from torchgraft.config import CACHE_MODES
@@ -56,6 +55,7 @@ from torchgraft.data.manifest import manifest_for
 from torchgraft.data.sources import LabeledImages, printable
 from torchgraft.data.transforms import eval_transform
 from torchgraft.errors import UserError
+from torchgraft.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ def _decode_all(
     loader = DataLoader(job, batch_size=1, num_workers=workers, collate_fn=_first)
     kept: list[int] = []
     skipped: list[Skipped] = []
-    with tqdm(total=len(images), desc=description, disable=quiet, leave=False, unit="img") as bar:
+    with progress(total=len(images), desc=description, quiet=quiet, unit="img") as bar:
         for batch in loader:
             for index, image, reason in batch:
                 if image is None:

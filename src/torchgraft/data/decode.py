@@ -313,17 +313,32 @@ def array_to_tensor(array: np.ndarray, channels: int) -> torch.Tensor:
     """An (H, W) or (H, W, C) image array as a (channels, H, W) uint8 tensor.
 
     uint8 arrays are used as they are (no copy where the layout allows); float arrays are read
-    as values in [0, 1].
+    as values in [0, 1], other integer arrays as 0..255 (`to_uint8`).
     """
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
         raise UserError(
             f"expected an image array of shape (H, W) or (H, W, 1|3|4), got {tuple(array.shape)}"
         )
-    if array.dtype != np.uint8:
-        array = (np.clip(array.astype(np.float32), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
-    tensor = torch.from_numpy(array)
+    tensor = torch.from_numpy(to_uint8(array))
     tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
     return match_channels(tensor, channels)
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """uint8 pixels: uint8 as it is (no copy), floats read as values in [0, 1] (others are
+    refused), other integers as 0..255."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype.kind in "iu":
+        return np.clip(array, 0, 255).astype(np.uint8)
+    values = array.astype(np.float32)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if low < -0.01 or high > 1.01:  # 0..255 in a float array would clip to white: refuse it
+        raise UserError(
+            f"float image values run from {low:g} to {high:g}, but floats are read as values "
+            "in [0, 1]: divide 0..255 pixel values by 255, or pass uint8"
+        )
+    return (np.clip(values, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 
 
 def match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:

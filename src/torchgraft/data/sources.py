@@ -1,7 +1,8 @@
 """Where images come from: bundled sets, a folder of class folders, or split folders.
 
 Every source becomes a `DataSplits`: class names in a deterministic order and, per split, the
-images (file paths, or an in-memory uint8 array for bundled sets) with integer labels.
+images (file paths, or an in-memory uint8 array for bundled sets and data.memory's arrays)
+with integer labels.
 """
 
 from __future__ import annotations
@@ -72,11 +73,11 @@ class DataSplits:
         digest = hashlib.sha256(json.dumps(self.class_names).encode())
         for split in (self.train, self.val, self.test):
             if split is not None:
-                _hash_split(digest, split)
+                hash_split(digest, split)
         return digest.hexdigest()[:16]
 
 
-def _hash_split(digest: hashlib._Hash, split: LabeledImages) -> None:
+def hash_split(digest: hashlib._Hash, split: LabeledImages) -> None:
     digest.update(split.labels.tobytes())
     if isinstance(split.images, np.ndarray):
         digest.update(np.ascontiguousarray(split.images).tobytes())
@@ -111,9 +112,14 @@ def data_folder(source: str) -> Path:
 
 
 def load_data(source: str, val_fraction: float = 0.2, seed: int = 0) -> DataSplits:
-    """Resolve `source` (a bundled set name or a folder) into train/val(/test) splits."""
+    """Resolve `source` (a bundled set name, a folder or label file, or the name of images
+    held in memory, see data.memory) into train/val(/test) splits."""
     if source in BUNDLED_SETS:
         return BUNDLED_SETS[source](val_fraction, seed)
+    if source.startswith("memory:"):
+        from torchgraft.data.memory import load_held
+
+        return load_held(source, val_fraction, seed)
     folder = Path(source).expanduser()
     if folder.is_file() and folder.suffix.lower() in LABEL_FILE_SUFFIXES:
         return _load_label_file(folder, val_fraction, seed)

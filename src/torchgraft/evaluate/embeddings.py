@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn import functional
-from tqdm.auto import tqdm
 
 from torchgraft.config import ModelConfig, RunConfig
 from torchgraft.data import (
@@ -46,6 +45,7 @@ from torchgraft.devices import resolve_device
 from torchgraft.errors import UserError
 from torchgraft.evaluate.neighbours import normalized
 from torchgraft.models import GraftedClassifier, get_spec
+from torchgraft.progress import progress
 from torchgraft.train.features import (
     backbone_digest,
     entry_path,
@@ -186,7 +186,7 @@ def _backbone_pass(
     outputs: list[list[torch.Tensor]] = [[], [], [], []]
     loader = make_loader(dataset, batch_size, False, 0)
     description = f"embedding {name}"
-    for images, _ in tqdm(loader, desc=description, disable=quiet, leave=False):
+    for images, _ in progress(loader, desc=description, quiet=quiet):
         images = images.to(device, non_blocking=True)
         content = torch.stack([content_box(image) for image in images])
         pooled, plain = _embedding(model, images, middle)

@@ -26,12 +26,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
-from tqdm.auto import tqdm
 
 from torchgraft.artifact import Preprocessing
 from torchgraft.data import CachedImageDataset, ImageDataset, make_loader
 from torchgraft.data.cache_files import cache_write, enforce_limit, mark_used, read_or_none
 from torchgraft.models import GraftedClassifier
+from torchgraft.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def compute_features(
     model.eval()
     features: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
-    for images, batch_labels in tqdm(loader, desc=description, disable=quiet, leave=False):
+    for images, batch_labels in progress(loader, desc=description, quiet=quiet):
         features.append(model.features(images.to(device, non_blocking=True)).float().cpu())
         labels.append(torch.as_tensor(batch_labels))
     return TensorDataset(torch.cat(features), torch.cat(labels))

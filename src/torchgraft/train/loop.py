@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
-from tqdm.auto import tqdm
 
 from torchgraft.precision import autocast
+from torchgraft.progress import progress
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DISPLAY_EVERY = 20  # batches between progress-bar updates (each one waits for the device)
@@ -100,8 +100,8 @@ def train_one_epoch(
     group_loss, group_seen, steps = totals.zero(), 0, int(getattr(scheduler, "last_epoch", 0))
     complete = True
     optimizer.zero_grad(set_to_none=True)
-    with tqdm(loader, desc=description, disable=quiet, leave=False, unit="batch") as progress:
-        for index, (inputs, labels) in enumerate(progress):
+    with progress(loader, desc=description, quiet=quiet, unit="batch") as bar:
+        for index, (inputs, labels) in enumerate(bar):
             inputs, labels = _to_device(inputs, labels, device, options)
             targets = labels
             if options.batch_transform is not None:
@@ -116,7 +116,8 @@ def train_one_epoch(
             batch_loss = totals.add(loss.detach(), logits.detach(), labels)
             group_loss, group_seen = group_loss + batch_loss, group_seen + len(labels)
             if index % DISPLAY_EVERY == 0 and not quiet:
-                progress.set_postfix(totals.postfix())
+                # refresh=False: a redraw per postfix would be a line per batch in a log.
+                bar.set_postfix(totals.postfix(), refresh=False)
             last_batch = index + 1 == len(loader)
             if (index + 1) % options.accumulate and not last_batch:
                 continue
@@ -207,7 +208,7 @@ def evaluate(
     options = options or StepOptions()
     model.eval()
     totals = _Totals(device)
-    for inputs, labels in tqdm(loader, desc=description, disable=quiet, leave=False):
+    for inputs, labels in progress(loader, desc=description, quiet=quiet):
         inputs, labels = _to_device(inputs, labels, device, options)
         with autocast(device, options.precision):
             logits = model(inputs).float()

@@ -28,12 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim import AdamW, Optimizer
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from torchgraft.artifact import atomic_write_bytes
 from torchgraft.errors import GraftRuntimeError, UserError
 from torchgraft.models import GraftedClassifier
 from torchgraft.plotting import new_figure, to_png
+from torchgraft.progress import progress
 from torchgraft.train.optim import OptimizerSettings, fine_tune_groups
 
 logger = logging.getLogger(__name__)
@@ -326,7 +326,7 @@ def _sweep(
     model.train()
     average, best = 0.0, math.inf
     batches = _cycle(loader)
-    with tqdm(total=len(schedule), desc="lr find", unit="batch", disable=quiet, leave=False) as bar:
+    with progress(total=len(schedule), desc="lr find", unit="batch", quiet=quiet) as bar:
         for step, (lr, (inputs, labels)) in enumerate(zip(schedule, batches, strict=False)):
             for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
                 group["lr"] = lr * ratio
@@ -341,7 +341,7 @@ def _sweep(
             curve.losses.append(smoothed)
             curve.raw_losses.append(loss)
             bar.update()
-            bar.set_postfix(lr=f"{lr:.2e}", loss=f"{smoothed:.4f}")
+            bar.set_postfix(lr=f"{lr:.2e}", loss=f"{smoothed:.4f}", refresh=False)
             if smoothed > divergence * best:
                 curve.stopped_early = True
                 break

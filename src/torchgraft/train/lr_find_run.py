@@ -24,7 +24,7 @@ from torchgraft.models import get_spec
 from torchgraft.train.distributed import SINGLE
 from torchgraft.train.lr_find import LrFindResult, save_lr_plot
 from torchgraft.train.phases import ImageSet
-from torchgraft.train.recipe import build_model, place_model, resolve_training, sweep_fine_tune
+from torchgraft.train.recipe import build_model, place_model, sweep_fine_tune, with_model_defaults
 from torchgraft.train.setup import (
     decode_splits,
     resolve_preprocessing,
@@ -61,7 +61,6 @@ def run_lr_find(
     splits = load_run_splits(config)
     spec = get_spec(config.model.name)
     preprocessing = resolve_preprocessing(spec, config.data, splits)
-    starts_pretrained = spec.pretrainable and config.model.pretrained
     model = build_model(config, preprocessing, len(splits.class_names), pretrained=True)
     device = place_model(model, config, SINGLE)
     images = _training_images(config, splits, preprocessing)
@@ -72,7 +71,7 @@ def run_lr_find(
         spent, time_limit_s, FINISH_S,
     )  # fmt: skip
     # Training's own resolution (the model's defaults filled in), so the groups are its groups.
-    train = resolve_training(replace(config.train, lr=1.0), starts_pretrained)
+    train = with_model_defaults(replace(config, train=replace(config.train, lr=1.0))).train
     result = sweep_fine_tune(
         model, images, train, config.data, device, max(time_limit_s - spent - FINISH_S, 1e-3)
     )

