@@ -19,6 +19,7 @@ from torchgraft.artifact import Run
 from torchgraft.config import RunConfig, dotted_overrides, load_train_config
 from torchgraft.data.memory import hold, is_in_memory
 from torchgraft.errors import UserError
+from torchgraft.progress import logging_to
 from torchgraft.serve.predictor import ImageInput, Prediction, Predictor
 
 if TYPE_CHECKING:
@@ -146,7 +147,8 @@ def _with_report(run: Run, report: bool, quiet: bool) -> Run:
     if report and int(os.environ.get("RANK", "0")) == 0:
         device = run.info.trained_on.get("device", "auto")
         try:
-            evaluate(run, quiet=quiet, device=device)
+            with logging_to(run.log_file):  # the evaluation's messages belong to the run too
+                evaluate(run, quiet=quiet, device=device)
         except Exception as error:  # anything: the trained run must still be returned
             logging.getLogger(__name__).warning(
                 "training finished, but the evaluation failed (%s); run `graft evaluate --run "

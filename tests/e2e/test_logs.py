@@ -39,9 +39,10 @@ def test_a_two_epoch_run_redirected_to_a_file_writes_at_most_40_lines(tmp_path: 
     assert kept and all(TIMESTAMP.match(line) for line in kept), kept
     epochs = [line for line in kept if " INFO epoch " in line]
     assert len(epochs) == 2 and all(line.split(" INFO ")[1] in lines for line in epochs)
+    assert "report written to" in kept[-1]  # the evaluation that ends training is logged too
 
 
 @pytest.mark.slow
 def test_quiet_leaves_only_the_result(tmp_path: Path) -> None:
-    quiet = train_into_a_file(tmp_path, "--quiet").splitlines()
+    quiet = train_into_a_file(tmp_path, "--quiet", "--no-report").splitlines()
     assert len(quiet) == 1 and quiet[0].startswith("run saved to"), quiet

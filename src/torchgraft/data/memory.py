@@ -151,9 +151,14 @@ def _pairs(
 ) -> tuple[LabeledImages, list[str]]:
     """Read (image, label) pairs once into one array and their labels."""
     images, labels = [], []
-    for image, label in progress(pairs, total=count, desc="reading the dataset", quiet=quiet):
-        images.append(_one_image(image))
-        labels.append(label.item() if isinstance(label, torch.Tensor) else label)
+    for index, pair in enumerate(progress(pairs, total=count, desc="reading", quiet=quiet)):
+        if not (isinstance(pair, tuple | list) and len(pair) == 2):
+            raise UserError(
+                f"item {index} of the dataset is a {type(pair).__name__}, not an (image, label) "
+                "pair; for arrays of images and labels pass a tuple: api.train((images, labels))"
+            )
+        images.append(_one_image(pair[0]))
+        labels.append(pair[1].item() if isinstance(pair[1], torch.Tensor) else pair[1])
     shapes = {image.shape for image in images}
     if len(shapes) > 1 and {len(shape) for shape in shapes} == {2, 3}:  # grey and colour
         images = [np.stack([image] * 3, axis=-1) if image.ndim == 2 else image for image in images]

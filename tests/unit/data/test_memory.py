@@ -76,6 +76,12 @@ def test_a_dataset_of_mixed_sizes_is_refused_with_the_folder_route() -> None:
         hold(pairs, quiet=True)
 
 
+def test_a_list_of_images_and_labels_is_told_to_be_a_tuple() -> None:
+    images, labels = np.zeros((4, 8, 8), np.uint8), np.array([0, 1, 0, 1])
+    with pytest.raises(UserError, match=r"not an \(image, label\) pair.*api.train\(\(images"):
+        hold([images, labels], quiet=True)
+
+
 def test_something_that_is_not_data_names_what_is_accepted() -> None:
     with pytest.raises(UserError, match=r"cannot train on a int: pass a folder"):
         hold(42)
