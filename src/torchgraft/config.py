@@ -38,6 +38,7 @@ DEPTHWISE = ("auto", "train", "freeze")
 NORM_STATISTICS = ("auto", "update", "keep")
 MONITORS = ("val_accuracy", "val_loss")
 CLASS_WEIGHTS = ("none", "auto")
+LOGGERS = ("tensorboard", "csv", "mlflow", "wandb")
 
 
 def _choice(default: str, choices: tuple[str, ...]) -> Any:
@@ -114,6 +115,9 @@ class TrainConfig:
     feature_cache: bool = True  # keep frozen-backbone features on disk, reused across runs
     feature_views: int = _at_least(1, 1)  # frozen phase: 1 plain + K-1 augmented views
     tensorboard: bool = True  # write TensorBoard event files to the run's tensorboard/
+    logger: str = field(  # experiment trackers too, comma-separated: mlflow, wandb
+        default="", metadata={"each_of": LOGGERS}
+    )
     report: bool = True  # at the end: evaluate, calibrate, write report.html and figures/
     quiet: bool = False  # no progress bars
 
@@ -232,6 +236,11 @@ def _check_value(name: str, value: Any, metadata: typing.Mapping[str, Any]) -> A
     if choices is not None and value not in choices:
         hint = did_you_mean(str(value), choices)
         raise UserError(f"{name}: {value!r} is not one of {', '.join(choices)}.{hint}")
+    for item in str(value).split(",") if metadata.get("each_of") and value else ():
+        if item.strip() not in metadata["each_of"]:
+            hint = did_you_mean(item.strip(), metadata["each_of"])
+            allowed = ", ".join(metadata["each_of"])
+            raise UserError(f"{name}: {item.strip()!r} is not one of {allowed}.{hint}")
     minimum = metadata.get("minimum")
     if minimum is not None and value is not None and value < minimum:
         raise UserError(f"{name}: {value!r} is below the minimum {minimum}")

@@ -278,6 +278,14 @@ def train(
     tensorboard: Annotated[
         bool | None, flag("train.tensorboard", "Write TensorBoard logs to the run's tensorboard/.")
     ] = None,
+    logger: Annotated[
+        str | None,
+        option(
+            "train.logger",
+            "Experiment trackers as well, comma-separated: mlflow, wandb (pip install "
+            "'torchgraft[track]'; they read MLFLOW_TRACKING_URI, WANDB_MODE, ...).",
+        ),
+    ] = None,
     report: Annotated[
         bool | None,
         flag("train.report", "At the end, evaluate and calibrate; write report.html."),

@@ -85,6 +85,7 @@ from torchgraft.train.setup import (
 )
 from torchgraft.train.signals import sigterm_as_interrupt
 from torchgraft.train.steps import step_options
+from torchgraft.train.trackers import trackers_for
 
 logger = logging.getLogger(__name__)
 
@@ -469,6 +470,8 @@ def build_callbacks(
         callbacks += [Checkpointer(), EpochLog(train.monitor)]
     if writer and train.tensorboard:
         callbacks.append(TensorBoardLogger(hyperparameters(config)))
+    if writer:
+        callbacks += trackers_for(train.logger, hyperparameters(config))
     if train.time_limit is not None:  # last: it measures the others' epoch-end work too
         callbacks.append(TimeBudget(parse_duration(train.time_limit), started, epochs_asked))
     return callbacks
