@@ -36,7 +36,10 @@ def test_help_explains_every_option() -> None:
         "--config",
         "--quiet",
     ):
-        line = next(line for line in train_help.splitlines() if flag in line)
+        # The line that defines the option (`-q, --quiet` has its short form first).
+        line = next(
+            line for line in train_help.splitlines() if re.match(rf"\s+(-\w, )?{flag}\b", line)
+        )
         assert len(line.split(flag, 1)[1].strip()) > 10, f"{flag} has no explanation"
     predict_help = graft("predict", "--help").stdout
     for flag in ("--run", "--top-k", "--class-names", "--device"):

@@ -21,7 +21,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",  # docstrings wrap as paragraphs, not at their source lines
+    # click's plain help: in 80 columns rich's tables gave the flag names half the width
+    # and cut some of them (--backbone-lr-divi…); click wraps the help text instead.
+    rich_markup_mode=None,
 )
 
 T = TypeVar("T")
