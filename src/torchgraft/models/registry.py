@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from torchgraft.errors import UserError, did_you_mean
+from torchgraft.models.hub import hub_unreachable_reason
 
+HF_HUB_PREFIX = "hf-hub:"  # timm's prefix for models on the Hugging Face Hub
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -53,9 +56,12 @@ def registered_names() -> list[str]:
 
 
 def get_spec(name: str) -> BackboneSpec:
-    """The spec for `name`: registered, or derived from timm for any other timm model."""
+    """The spec for `name`: registered, derived from timm for any other timm model, or read
+    from the Hugging Face Hub for `hf-hub:org/name`."""
     if name in _REGISTRY:
         return _REGISTRY[name]
+    if name.startswith(HF_HUB_PREFIX):
+        return _hub_spec(name)
     import timm
 
     if not timm.is_model(name):
@@ -66,15 +72,39 @@ def get_spec(name: str) -> BackboneSpec:
             f"{', '.join(registered_names())}, or a timm model name (timm.list_models())."
         )
     config = timm.models.get_pretrained_cfg(name)
-    config_dict = config.to_dict() if config is not None else {}
+    return _timm_spec(name, config.to_dict() if config is not None else {})
+
+
+def _timm_spec(name: str, pretrained_config: dict[str, Any]) -> BackboneSpec:
+    """A spec from timm's pretrained config: the preprocessing the weights were trained with."""
     return BackboneSpec(
         name=name,
         family="timm",
-        image_size=int(config_dict.get("input_size", (3, 224, 224))[-1]),
-        mean=tuple(config_dict.get("mean", IMAGENET_MEAN)),
-        std=tuple(config_dict.get("std", IMAGENET_STD)),
-        interpolation=_supported_interpolation(config_dict.get("interpolation", "bilinear")),
+        image_size=int(pretrained_config.get("input_size", (3, 224, 224))[-1]),
+        mean=tuple(pretrained_config.get("mean", IMAGENET_MEAN)),
+        std=tuple(pretrained_config.get("std", IMAGENET_STD)),
+        interpolation=_supported_interpolation(pretrained_config.get("interpolation", "bilinear")),
     )
+
+
+def _hub_spec(name: str) -> BackboneSpec:
+    """A model on the Hugging Face Hub (hf-hub:org/name), described by its config.json,
+    which timm's own loader reads. timm builds and loads it under the same name later."""
+    from timm.models import load_model_config_from_hf
+
+    try:
+        unreachable = hub_unreachable_reason()
+        if unreachable is not None:
+            raise OSError(unreachable)
+        pretrained_config, _, _ = load_model_config_from_hf(name.removeprefix(HF_HUB_PREFIX))
+    except Exception as error:  # offline, no such repository, not a timm model: one message
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"could not read {name!r} from the Hugging Face Hub ({reason}). Hub models need "
+            f"the network; offline, use {', '.join(registered_names())}, or a timm model "
+            "name with --weights PATH (a local weights file)."
+        ) from None
+    return _timm_spec(name, pretrained_config)
 
 
 def _supported_interpolation(name: str) -> str:
