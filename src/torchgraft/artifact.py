@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import platform
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -181,6 +182,32 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     (np.save of a large array, say), so the whole content never has to sit in memory."""
     with atomic_path(path) as temporary, temporary.open("wb") as file:
         write(file)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """A temporary folder beside `path` for the body to fill; on success it replaces `path`.
+
+    The files are fsynced before the folder is renamed into place. A reader finds the old
+    folder or the new one (or, for the moment between two renames, none), never half of
+    one; on any failure the temporary folder goes and `path` is left as it was.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        yield temporary
+        os.chmod(temporary, 0o777 & ~_umask())  # mkdtemp's folder is its owner's alone
+        for file in temporary.rglob("*"):
+            if file.is_file():
+                _fsync(file)
+        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old."))
+        if path.exists():
+            os.replace(path, old / path.name)
+        os.replace(temporary, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager

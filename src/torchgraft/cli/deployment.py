@@ -109,11 +109,14 @@ def export(
             "--format",
             "-f",
             help="Format to export, repeatable: onnx, aoti (AOTInductor .pt2, Python or C++), "
-            "torchscript (legacy), onnx-int8 (static quantization).",
+            "torchscript (legacy), onnx-int8 (static quantization), timm (a folder plain timm "
+            "loads, with a model card, ready for the Hugging Face Hub; timm backbones only).",
             show_default=False,
         ),
     ] = None,
-    all_formats: Annotated[bool, typer.Option("--all", help="Export every format.")] = False,
+    all_formats: Annotated[
+        bool, typer.Option("--all", help="Export every format but timm (ask for it by name).")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Export to runs/NAME/exports/: uint8 images in, calibrated probabilities out.

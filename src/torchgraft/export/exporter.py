@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from torchgraft.artifact import WEIGHTS_FILE, Run, atomic_path, atomic_write_bytes
+from torchgraft.artifact import WEIGHTS_FILE, Run, atomic_folder, atomic_path, atomic_write_bytes
 from torchgraft.data.hashing import content_digest
 from torchgraft.errors import GraftRuntimeError, UserError
 from torchgraft.export.formats import FORMATS, ExportFormat, resolve_formats
@@ -31,6 +32,7 @@ from torchgraft.export.model import (
     predict_in_batches,
     probability_model,
 )
+from torchgraft.export.model_card import model_card
 from torchgraft.export.parity import (
     INT8_MAX_ACCURACY_DROP,
     INT8_MAX_DISAGREEMENT,
@@ -106,6 +108,7 @@ def export_inputs(run: Run, quiet: bool) -> ExportInputs:
         example=example_batch(run),
         metadata=export_metadata(run),
         calibration_images=lambda: calibration_images(run, quiet),
+        model_card=lambda: model_card(run),
     )
 
 
@@ -128,13 +131,13 @@ def export_and_check(
         numbers = compare(run_exported(spec, path, pixels), reference)
     except GraftRuntimeError as error:
         logger.warning("%s failed (reported at the end); going on with the others", spec.name)
-        size = path.stat().st_size if path.is_file() else 0
+        size = export_size(path)
         names = (spec.name, spec.file_name, spec.precision)
         return FormatParity.not_checked(names, reference, size, str(error))
     reason = failure_reason(spec.precision, numbers, reference.float_tolerance)
     result = FormatParity(
         spec.name, spec.file_name, spec.precision, **numbers,
-        export_seconds=round(seconds, 2), size_bytes=path.stat().st_size, failure=reason,
+        export_seconds=round(seconds, 2), size_bytes=export_size(path), failure=reason,
     )  # fmt: skip
     logger.info("%s: %s", spec.name, "parity passed" if result.passed else result.failure)
     return result
@@ -147,13 +150,14 @@ def write_atomically(spec: ExportFormat, inputs: ExportInputs, path: Path) -> No
     export fails, an earlier file of this format goes too: parity.json is about to record the
     format as failed, and that file is not what this export was asked to write.
     """
+    writing = atomic_folder(path) if spec.folder else atomic_path(path, suffix=path.suffix)
     try:
-        with atomic_path(path, suffix=path.suffix) as temporary:
+        with writing as temporary:
             spec.export(inputs, temporary)
     except UserError:
         raise  # the run's, not the format's (e.g. the training images cannot be loaded)
     except Exception as error:
-        path.unlink(missing_ok=True)
+        remove_export(path)
         if isinstance(error, GraftRuntimeError):
             raise  # already names the format and the fix (e.g. no C++ compiler for aoti)
         raise GraftRuntimeError(
@@ -193,7 +197,7 @@ def recorded_results(folder: Path, identity: dict[str, Any]) -> dict[str, Any]:
     return {
         name: result
         for name, result in _earlier_results(folder / PARITY_FILE, identity).items()
-        if (folder / result["file"]).is_file()
+        if (folder / result["file"]).exists()
     }
 
 
@@ -220,13 +224,27 @@ def remove_stale_exports(folder: Path, recorded: dict[str, Any]) -> None:
     """
     for spec in FORMATS.values():
         path = folder / spec.file_name
-        if spec.name not in recorded and path.is_file():
-            path.unlink()
+        if spec.name not in recorded and path.exists():
+            remove_export(path)
             logger.warning(
                 "deleted %s: stale, parity.json has no check of it for the run's current "
                 "weights and temperature (export --format %s again to replace it)",
                 path, spec.name,
             )  # fmt: skip
+
+
+def export_size(path: Path) -> int:
+    """Bytes of an export: its file, or every file of a folder format; 0 if not there."""
+    if path.is_dir():
+        return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+    return path.stat().st_size if path.is_file() else 0
+
+
+def remove_export(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _earlier_results(path: Path, identity: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from torchgraft.export.aoti import export_aoti
 from torchgraft.export.model import ExportInputs
 from torchgraft.export.onnx_format import export_onnx
 from torchgraft.export.onnx_int8 import export_onnx_int8
+from torchgraft.export.timm_folder import export_timm
 from torchgraft.export.torchscript import export_torchscript
 
 Exporter = Callable[[ExportInputs, Path], None]
@@ -28,6 +29,8 @@ class ExportFormat:
     precision: str  # "float" (must match eager PyTorch) or "int8" (may lose a little accuracy)
     description: str
     code: bool = False  # loading the file runs code from it (a shared library, TorchScript)
+    folder: bool = False  # a folder of files rather than one file
+    in_all: bool = True  # part of `--all` (timm: for timm backbones only, so asked for by name)
 
 
 FORMATS: dict[str, ExportFormat] = {
@@ -53,6 +56,15 @@ FORMATS: dict[str, ExportFormat] = {
             code=True,
         ),
         ExportFormat(
+            "timm",
+            "timm",
+            export_timm,
+            "float",
+            "a folder plain timm loads, with a model card: ready for the Hugging Face Hub",
+            folder=True,
+            in_all=False,
+        ),
+        ExportFormat(
             "onnx-int8",
             "model.int8.onnx",
             export_onnx_int8,
@@ -64,10 +76,11 @@ FORMATS: dict[str, ExportFormat] = {
 
 
 def resolve_formats(formats: str | Iterable[str] | None) -> list[ExportFormat]:
-    """The formats named (in table order, each once); None or "all" means every format."""
+    """The formats named (in table order, each once); None or "all" means every format that
+    is `in_all`."""
     names = ["all"] if formats is None else [formats] if isinstance(formats, str) else [*formats]
     if "all" in names:
-        return list(FORMATS.values())
+        return [spec for spec in FORMATS.values() if spec.in_all]
     if not names:
         raise UserError(f"no export format given: use one or more of {', '.join(FORMATS)}")
     for name in names:

@@ -21,6 +21,7 @@ from torchgraft.export.formats import format_of_file
 from torchgraft.export.model import METADATA_PREFIX, Predict, numpy_predict, quieter_loggers
 from torchgraft.export.onnx_format import INPUT_NAME
 from torchgraft.export.signatures import SIGNATURES_FILE, secret_path, signed_here
+from torchgraft.export.timm_folder import load_timm_folder
 from torchgraft.export.torchscript import METADATA_FILE, without_jit_deprecation
 
 
@@ -81,15 +82,22 @@ def load_exported(
     formats compare fairly); the PyTorch formats use torch's own setting.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"no exported model at {path}: run `graft export --run runs/NAME` first")
     loaders = {".onnx": _load_onnx, ".pt2": _load_aoti, ".ts": _load_torchscript}
-    if path.suffix not in loaders:
-        raise UserError(f"cannot load {path}: expected a .onnx, .pt2 or .ts file from graft export")
-    if path.suffix != ".onnx" and not allow_code:
-        check_signed(path)
+    if path.is_dir():  # the timm folder: safetensors and JSON, data like ONNX
+        load = _load_timm
+    elif path.suffix in loaders:
+        load = loaders[path.suffix]
+        if path.suffix != ".onnx" and not allow_code:
+            check_signed(path)
+    else:
+        raise UserError(
+            f"cannot load {path}: expected a .onnx, .pt2 or .ts file or the timm folder "
+            "from graft export"
+        )
     try:
-        predict, metadata = loaders[path.suffix](path, threads or torch.get_num_threads())
+        predict, metadata = load(path, threads or torch.get_num_threads())
     except ImportError as error:  # the engine is missing here: the file may be fine
         module = error.name or "the engine"
         raise UserError(
@@ -119,6 +127,10 @@ def check_signed(path: Path) -> None:
         f"(--engine {engine}, or load_exported(path, allow_code=True)); or export it again "
         f"here: graft export --run RUN --format {engine}"
     )
+
+
+def _load_timm(path: Path, threads: int) -> tuple[Predict, dict[str, str]]:
+    return load_timm_folder(path)  # timm runs on torch's own thread setting
 
 
 def _load_onnx(path: Path, threads: int) -> tuple[Predict, dict[str, str]]:

@@ -8,6 +8,7 @@ and reads calibrated probabilities, with nothing to re-implement.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ class ExportInputs:
     example: torch.Tensor  # a uint8 batch of the input shape, for tracing
     metadata: dict[str, str]  # written into every exported file
     calibration_images: Callable[[], np.ndarray]  # training images, decoded only if asked for
+    model_card: Callable[[], str] = lambda: ""  # README.md of the timm folder, from the run
 
 
 def probability_model(run: Run) -> ProbabilityModel:
@@ -83,6 +85,8 @@ def export_metadata(run: Run) -> dict[str, str]:
         "channels": str(prep.channels),
         "resize_mode": prep.resize_mode,
         "interpolation": prep.interpolation,
+        "mean": json.dumps(list(prep.mean)),  # the normalisation inside (0..1 scale)
+        "std": json.dumps(list(prep.std)),
         "output": "float32 (N, classes) probabilities, softmax(logits / temperature)",
         "temperature": repr(info.temperature),
         "class_names": "\n".join(info.class_names),

@@ -149,13 +149,14 @@ def _files_list(folder: Path, recorded: dict[str, Any]) -> str:
         result = recorded.get(spec.name)
         if result is None:
             continue
-        if not (folder / spec.file_name).is_file():
-            rows.append(f"- `{spec.file_name}`: not written: {result['failure']}")
+        name = spec.file_name + "/" * spec.folder
+        if not (folder / spec.file_name).exists():
+            rows.append(f"- `{name}`: not written: {result['failure']}")
         elif not result["passed"]:
-            rows.append(f"- `{spec.file_name}`: {spec.description}; **failed the check**, do not "
+            rows.append(f"- `{name}`: {spec.description}; **failed the check**, do not "
                         f"deploy it ({result['failure']})")  # fmt: skip
         else:
-            rows.append(f"- `{spec.file_name}`: {spec.description}")
+            rows.append(f"- `{name}`: {spec.description}")
     return "\n".join(rows)
 
 
