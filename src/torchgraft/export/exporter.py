@@ -44,6 +44,7 @@ from torchgraft.export.parity import (
 )
 from torchgraft.export.readme import write_readme
 from torchgraft.export.signatures import sign_or_warn
+from torchgraft.extras import require
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ def export_run(
     the failures are raised at the end.
     """
     chosen = resolve_formats(formats)
+    for spec in chosen:
+        require(spec.modules, "export", f"--format {spec.name}")
     inputs = export_inputs(run, quiet)
     images = parity_images(run, quiet)
     reference = eager_reference(inputs.model, images.pixels, images.labels)

@@ -19,6 +19,7 @@ from torchgraft.export.timm_folder import export_timm
 from torchgraft.export.torchscript import export_torchscript
 
 Exporter = Callable[[ExportInputs, Path], None]
+ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -31,13 +32,19 @@ class ExportFormat:
     code: bool = False  # loading the file runs code from it (a shared library, TorchScript)
     folder: bool = False  # a folder of files rather than one file
     in_all: bool = True  # part of `--all` (timm: for timm backbones only, so asked for by name)
+    modules: tuple[str, ...] = ()  # what exporting and checking it imports: the [export] extra
 
 
 FORMATS: dict[str, ExportFormat] = {
     spec.name: spec
     for spec in (
         ExportFormat(
-            "onnx", "model.onnx", export_onnx, "float", "ONNX, for onnxruntime and other engines"
+            "onnx",
+            "model.onnx",
+            export_onnx,
+            "float",
+            "ONNX, for onnxruntime and other engines",
+            modules=ONNX_MODULES,
         ),
         ExportFormat(
             "aoti",
@@ -70,6 +77,7 @@ FORMATS: dict[str, ExportFormat] = {
             export_onnx_int8,
             "int8",
             "ONNX with int8 static quantization, for onnxruntime",
+            modules=ONNX_MODULES,
         ),
     )
 }

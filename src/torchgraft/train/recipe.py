@@ -85,7 +85,7 @@ from torchgraft.train.setup import (
 )
 from torchgraft.train.signals import sigterm_as_interrupt
 from torchgraft.train.steps import step_options
-from torchgraft.train.trackers import trackers_for
+from torchgraft.train.trackers import require_trackers, trackers_for
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ def fit(config: RunConfig, callbacks: Sequence[Callback] = (), overwrite: bool =
     # This job's failed attempt ended before its first epoch did: nothing in it to keep.
     overwrite = overwrite or restart == START_AGAIN
     refuse_existing_run(train.runs_dir, train.name, overwrite)
+    require_trackers(train.logger)
     seed_everything(config.train)
     splits = load_run_splits(config)
     spec = get_spec(config.model.name)

@@ -19,7 +19,8 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from torchgraft.errors import GraftRuntimeError, UserError
+from torchgraft.errors import GraftRuntimeError
+from torchgraft.extras import require
 from torchgraft.train.callbacks import Callback, EpochRecord
 from torchgraft.train.loop import StepRecord
 
@@ -28,17 +29,6 @@ if TYPE_CHECKING:
 
 LOG_EVERY_STEPS = 10
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
-
-
-def require(module: str, package: str) -> Any:
-    """Import an optional tracker, or say exactly how to install it."""
-    try:
-        return __import__(module)
-    except ImportError:
-        raise UserError(
-            f"--logger {module} needs {package}: pip install 'torchgraft[track]' "
-            f"(or pip install {package})"
-        ) from None
 
 
 class StepTracker(Callback):
@@ -87,7 +77,8 @@ class MlflowLogger(StepTracker):
     global active run, so a user's own `mlflow.start_run` is left alone)."""
 
     def on_train_start(self, trainer: Trainer) -> None:
-        mlflow = require("mlflow", "mlflow-skinny")
+        import mlflow
+
         try:
             self._start(trainer)
         except Exception as error:  # whatever the store raises: say which store, and why
@@ -132,7 +123,8 @@ class WandbLogger(StepTracker):
     """One W&B run per torchgraft run, its files under the run's folder (wandb/)."""
 
     def on_train_start(self, trainer: Trainer) -> None:
-        wandb = require("wandb", "wandb")
+        import wandb
+
         self.wandb_run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "torchgraft"),
             name=trainer.run.path.name,
@@ -160,5 +152,15 @@ TRACKERS: dict[str, type[StepTracker]] = {"mlflow": MlflowLogger, "wandb": Wandb
 def trackers_for(logger: str, settings: dict[str, object]) -> list[StepTracker]:
     """The trackers `train.logger` names ("mlflow,wandb"); tensorboard and csv are written
     by their own callbacks (TensorBoard unless --no-tensorboard, metrics.csv always)."""
-    names = [name.strip() for name in logger.split(",") if name.strip()]
-    return [TRACKERS[name](settings) for name in dict.fromkeys(names) if name in TRACKERS]
+    return [TRACKERS[name](settings) for name in tracker_names(logger)]
+
+
+def require_trackers(logger: str) -> None:
+    """Before a run starts: each tracker asked for is installed, or say how to install it."""
+    for name in tracker_names(logger):
+        require((name,), "track", f"--logger {name}")
+
+
+def tracker_names(logger: str) -> list[str]:
+    names = [name.strip() for name in logger.split(",")]
+    return [name for name in dict.fromkeys(names) if name in TRACKERS]
