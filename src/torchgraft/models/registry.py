@@ -6,6 +6,7 @@ Any other timm model name also works; its defaults come from timm's pretrained c
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +88,7 @@ def _timm_spec(name: str, pretrained_config: dict[str, Any]) -> BackboneSpec:
     )
 
 
+@functools.cache  # one hub request per name and process (a failure is not kept)
 def _hub_spec(name: str) -> BackboneSpec:
     """A model on the Hugging Face Hub (hf-hub:org/name), described by its config.json,
     which timm's own loader reads. timm builds and loads it under the same name later."""

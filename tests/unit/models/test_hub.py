@@ -15,7 +15,7 @@ from torchgraft.models import get_spec, registry
 from torchgraft.models import hub as hub_module
 from torchgraft.models.hub import hub_unreachable_reason
 
-NAME = "hf-hub:someone/tiny-classifier"
+NAME = "hf-hub:someone/tiny-classifier"  # described once per process: other tests, other names
 
 
 def test_a_hub_name_is_described_by_the_config_timm_reads(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -30,6 +30,7 @@ def test_a_hub_name_is_described_by_the_config_timm_reads(monkeypatch: pytest.Mo
     monkeypatch.setattr(registry, "hub_unreachable_reason", lambda: None)
     monkeypatch.setattr(timm.models, "load_model_config_from_hf", config_from_hub)
     spec = get_spec(NAME)
+    assert get_spec(NAME) is spec  # asked once: training looks the spec up several times
     assert asked == ["someone/tiny-classifier"]
     assert (spec.name, spec.family, spec.image_size) == (NAME, "timm", 160)
     assert (spec.mean, spec.std, spec.interpolation) == ((0.5,) * 3, (0.25,) * 3, "bicubic")
@@ -40,7 +41,7 @@ def test_offline_a_hub_name_is_refused_with_what_works_offline(
 ) -> None:
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(UserError, match=r"HF_HUB_OFFLINE is set.*use cnn, efficientnet_lite0"):
-        get_spec(NAME)
+        get_spec("hf-hub:someone/offline-classifier")
 
 
 def test_a_host_that_does_not_resolve_means_no_network(monkeypatch: pytest.MonkeyPatch) -> None:
