@@ -200,14 +200,25 @@ def atomic_folder(path: Path) -> Iterator[Path]:
         for file in temporary.rglob("*"):
             if file.is_file():
                 _fsync(file)
-        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old."))
+        _swap_folder(temporary, path)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)  # gone already after a swap
+
+
+def _swap_folder(new: Path, path: Path) -> None:
+    """Rename `new` to `path`; an old `path` is set aside first, and put back on failure."""
+    aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old.")) / path.name
+    try:
         if path.exists():
-            os.replace(path, old / path.name)
-        os.replace(temporary, path)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+            os.replace(path, aside)
+        try:
+            os.replace(new, path)
+        except BaseException:
+            if aside.exists():
+                os.replace(aside, path)
+            raise
+    finally:
+        shutil.rmtree(aside.parent, ignore_errors=True)
 
 
 @contextlib.contextmanager

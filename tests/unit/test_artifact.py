@@ -174,3 +174,19 @@ def test_a_run_written_before_torchrun_ids_were_recorded_still_loads(tmp_path: P
     del saved["torchelastic_run_id"]  # graft.json as earlier versions wrote it
     (run.path / "graft.json").write_text(json.dumps(saved))
     assert Run.load(run.path).info.torchelastic_run_id == ""  # no torchrun job of its own
+
+
+def test_an_atomic_folder_replaces_the_old_one_whole_or_leaves_it(tmp_path: Path) -> None:
+    from torchgraft.artifact import atomic_folder
+
+    target = tmp_path / "timm"
+    with atomic_folder(target) as folder:
+        (folder / "old.txt").write_text("old")
+    with atomic_folder(target) as folder:
+        (folder / "new.txt").write_text("new")
+    assert [path.name for path in target.iterdir()] == ["new.txt"]  # not merged with the old
+    with pytest.raises(RuntimeError), atomic_folder(target) as folder:
+        (folder / "half.txt").write_text("half")
+        raise RuntimeError("the exporter failed")
+    assert [path.name for path in target.iterdir()] == ["new.txt"]
+    assert [path.name for path in tmp_path.iterdir()] == ["timm"]  # no temporary left behind
