@@ -42,7 +42,7 @@ def default_help(dotted: str) -> str:
     if value is None and hasattr(PRETRAINED_RECIPE, key):
         pretrained, scratch = getattr(PRETRAINED_RECIPE, key), getattr(SCRATCH_RECIPE, key)
         return f"(default: {pretrained} for a pretrained backbone, {scratch} from scratch)"
-    return "" if value is None else f"(default: {value})"
+    return "" if value in (None, "") else f"(default: {value})"
 
 
 def flag(dotted: str, help_text: str) -> Any:
