@@ -23,6 +23,7 @@ def test_help_fits_80_columns(command: list[str]) -> None:
     text = help_text(*command)
     too_wide = [line for line in text.splitlines() if len(line) > 80]
     assert too_wide == [] and "…" not in text  # rich's tables cut names with an ellipsis
+    assert "(default: )" not in text
 
 
 def test_every_command_is_listed() -> None:
