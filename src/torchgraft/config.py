@@ -41,85 +41,186 @@ CLASS_WEIGHTS = ("none", "auto")
 LOGGERS = ("tensorboard", "csv", "mlflow", "wandb")
 
 
-def _choice(default: str, choices: tuple[str, ...]) -> Any:
-    return field(default=default, metadata={"choices": choices})
+def setting(default: Any, help: str, **rules: Any) -> Any:
+    """A config field: its default, the help text `graft train --help` shows for it (the one
+    place it is written), and the rules its values must follow (choices, minimum, maximum,
+    path, duration, each_of, auto)."""
+    return field(default=default, metadata={"help": help, **rules})
 
 
-def _path() -> Any:
+def _choice(default: str, choices: tuple[str, ...], help: str) -> Any:
+    return setting(default, help, choices=choices)
+
+
+def _path(help: str) -> Any:
     # Made absolute when the config is read, so a run resumed (or evaluated) from another
     # directory still finds the file its config names.
-    return field(default=None, metadata={"path": True})
+    return setting(None, help, path=True)
 
 
-def _at_least(default: float | int | None, minimum: float, maximum: float | None = None) -> Any:
-    return field(default=default, metadata={"minimum": minimum, "maximum": maximum})
+def _at_least(
+    default: float | int | None, minimum: float, help: str, maximum: float | None = None
+) -> Any:
+    return setting(default, help, minimum=minimum, maximum=maximum)
 
 
 @dataclass
 class DataConfig:
-    source: str = "mnist5k"  # bundled set (mnist5k, digits) or a folder of images
-    val_fraction: float = _at_least(0.2, 0.0, 0.9)  # share of each class held out if no val/ folder
-    image_size: int | None = _at_least(None, 8)  # training resolution; None: the model's default
-    resize: str = _choice("crop", RESIZE_MODES)  # crop (centre), pad (letterbox) or squash
-    augment: str = _choice("none", AUGMENTATIONS)  # training augmentation preset
-    batch_size: int = _at_least(64, 1)  # images per optimisation step
-    num_workers: int | None = _at_least(None, 0)  # loader processes; None: 0 on a CPU, else cores-1
-    loader: str = _choice("auto", LOADERS)  # auto: images resident on a GPU when they fit
-    class_names: str | None = None  # JSON file mapping folder name -> display name
-    cache: str = _choice("memory", CACHE_MODES)  # decode once: memory, disk (reused), none
-    cache_dir: str | None = (
-        None  # disk cache folder; None: $TORCHGRAFT_CACHE or ~/.cache/torchgraft
+    source: str = setting(
+        "mnist5k",
+        "A folder with one sub-folder per class (or train/ and val/ folders), a CSV or "
+        "JSON-lines file of (path, label), or a bundled set: mnist5k, digits.",
     )
-    exclude: str | None = _path()  # graft doctor --json output or a CSV: files to leave out
+    val_fraction: float = _at_least(
+        0.2, 0.0, "Share of each class held out for validation when there is no val/ folder.",
+        maximum=0.9,
+    )  # fmt: skip
+    image_size: int | None = _at_least(
+        None, 8, "Training resolution in pixels (default: the model's, e.g. 224; 64 for "
+        "bundled digits, their own size from scratch).",
+    )  # fmt: skip
+    resize: str = _choice(
+        "crop", RESIZE_MODES, "Resize mode: crop (the centre), pad (letterbox) or squash."
+    )
+    augment: str = _choice(
+        "none", AUGMENTATIONS, "Augmentation preset: none, light, trivial, randaugment."
+    )
+    batch_size: int = _at_least(64, 1, "Images per step.")
+    num_workers: int | None = _at_least(
+        None, 0, "Data-loading worker processes (default: 0 on a CPU, where the cores run "
+        "the steps; the cores less one, at most 8, for a GPU).",
+    )  # fmt: skip
+    loader: str = _choice(
+        "auto", LOADERS, "Batches: auto, resident, dataloader (auto: the decoded images "
+        "resident in GPU memory when they fit, with none or light augmentation run there; "
+        "else a DataLoader).",
+    )  # fmt: skip
+    class_names: str | None = setting(
+        None, "JSON file mapping class folder names to display names (cat_to_name.json; "
+        "default: folder names).",
+    )  # fmt: skip
+    cache: str = _choice(
+        "memory", CACHE_MODES,
+        "Decoded-image cache: memory, disk, none (disk reuses decoding across runs).",
+    )  # fmt: skip
+    cache_dir: str | None = setting(
+        None, "Folder for --cache disk (default: $TORCHGRAFT_CACHE or ~/.cache/torchgraft)."
+    )
+    exclude: str | None = _path(
+        "Leave out the files listed in this file: `graft doctor DATA --json` output or a "
+        "CSV. From the report: unreadable, blank, label-issue and outlier files, and every "
+        "copy but one of each duplicate group (a val or test copy kept when the copies span "
+        "splits); tiny images stay. From a CSV: the file (or path) column, else the first; "
+        "header optional. Names relative to DATA, or absolute; listed files the data no "
+        "longer holds are counted in a warning. Recorded in the run, so --resume and "
+        "evaluation leave out the same files (default: none)."
+    )
 
 
 @dataclass
 class ModelConfig:
-    name: str = "efficientnet_lite0"  # a registered backbone, mlp, cnn, or any timm model name
-    weights: str | None = None  # local weights file; None: bundled weights, else the timm hub
-    pretrained: bool = True  # start from pretrained weights (False: random initialisation)
+    name: str = setting(
+        "efficientnet_lite0",
+        "Backbone: efficientnet_lite0, mlp, cnn, any timm model name, or hf-hub:ORG/NAME.",
+    )
+    weights: str | None = setting(
+        None, "Local pretrained weights file (.safetensors/.pth) for the backbone (default: "
+        "bundled weights, else the timm hub).",
+    )  # fmt: skip
+    pretrained: bool = setting(
+        True, "Start from pretrained weights (--no-pretrained: random initialisation)."
+    )
 
 
 @dataclass
 class TrainConfig:
-    name: str | None = None  # run name; None: <model>-<data>, numbered if taken
-    runs_dir: str = "runs"  # parent folder of run directories
-    # None below: the model's default (models.registry.RecipeDefaults), resolved before the run
-    freeze_epochs: int | None = _at_least(None, 0)  # epochs of the new head alone, on features
-    epochs: int | None = _at_least(None, 0)  # whole-network epochs (a time limit replans them)
-    lr: float | str | None = field(  # peak head lr (one-cycle); auto: lr-find; None: by model
-        default=None, metadata={"minimum": 0.0, "auto": True}
+    name: str | None = setting(
+        None, "Run name, a folder under --runs-dir (default: <model>-<data>, numbered if "
+        "taken).",
+    )  # fmt: skip
+    runs_dir: str = setting("runs", "Parent folder for run directories.")
+    # None below: the model's default (defaults.RecipeDefaults), resolved before the run
+    freeze_epochs: int | None = _at_least(
+        None, 0, "Epochs training only the new head on cached features of the frozen backbone."
     )
-    head_lr: float | None = _at_least(None, 0.0)  # peak lr of the head-only phase; None: 5 x lr
-    backbone_lr_divisor: float | None = _at_least(None, 1.0)  # backbone lr = lr / this
-    depthwise: str = _choice("auto", DEPTHWISE)  # depthwise filters; auto: frozen on the CPU
-    norm_statistics: str = _choice("auto", NORM_STATISTICS)  # BatchNorm stats in fine-tuning
-    layer_decay: float | None = _at_least(None, 0.0, 1.0)  # layer-wise lr decay, e.g. 0.75
-    weight_decay: float = _at_least(0.01, 0.0)  # AdamW decoupled weight decay
-    seed: int = 0  # seeds the split, the initialisation and the shuffling
-    device: str = _choice("auto", DEVICES)  # auto picks cuda, then mps, then cpu
-    precision: str = _choice("auto", PRECISIONS)  # auto: bf16 (Ampere+), fp16 (older GPUs), fp32
-    channels_last: bool = True  # NHWC layout: 1.9x faster conv steps measured on this CPU
-    compile: bool = False  # torch.compile the network (whole-network phases)
-    accumulate: int = _at_least(1, 1)  # batches per optimizer step (gradient accumulation)
-    grad_clip: float | None = _at_least(None, 0.0)  # max gradient norm; None: no clipping
-    label_smoothing: float | None = _at_least(None, 0.0, 0.5)  # target mass spread evenly
-    class_weights: str = _choice("none", CLASS_WEIGHTS)  # auto: inverse class frequency
-    mixup: float = _at_least(0.0, 0.0)  # MixUp Beta(alpha, alpha); 0: off
-    cutmix: float = _at_least(0.0, 0.0)  # CutMix Beta(alpha, alpha); 0: off
-    ema_decay: float | None = _at_least(None, 0.0, 1.0)  # EMA of the weights; 0: none
-    early_stop: int | None = _at_least(None, 1)  # patience in epochs; None: never stop early
-    monitor: str = _choice("val_accuracy", MONITORS)  # the score for best weights, early stop
-    time_limit: str | None = field(default=None, metadata={"duration": True})  # 90s, 10m, 2h
-    deterministic: bool = False  # deterministic algorithms: bitwise-repeatable CPU runs
-    feature_cache: bool = True  # keep frozen-backbone features on disk, reused across runs
-    feature_views: int = _at_least(1, 1)  # frozen phase: 1 plain + K-1 augmented views
-    tensorboard: bool = True  # write TensorBoard event files to the run's tensorboard/
-    logger: str = field(  # experiment trackers too, comma-separated: mlflow, wandb
-        default="", metadata={"each_of": LOGGERS}
+    epochs: int | None = _at_least(
+        None, 0,
+        "Epochs training the whole network (with --time-limit, the limit decides).",
+    )  # fmt: skip
+    lr: float | str | None = setting(
+        None, "Peak learning rate of the head, one-cycle, or auto to run the lr finder first.",
+        minimum=0.0, auto=True,
+    )  # fmt: skip
+    head_lr: float | None = _at_least(
+        None, 0.0, "Peak learning rate of the head-only epochs (default: 5 x lr)."
     )
-    report: bool = True  # at the end: evaluate, calibrate, write report.html and figures/
-    quiet: bool = False  # no progress bars
+    backbone_lr_divisor: float | None = _at_least(
+        None, 1.0, "Backbone learning rate is lr divided by this while fine-tuning."
+    )
+    depthwise: str = _choice(
+        "auto", DEPTHWISE, "Depthwise filters: auto, train, freeze (auto: fixed on the CPU, "
+        "where their gradient is the slowest part of a step; trained on a GPU).",
+    )  # fmt: skip
+    norm_statistics: str = _choice(
+        "auto", NORM_STATISTICS, "BatchNorm statistics while fine-tuning: auto, update, keep "
+        "(auto: keep them after head-only epochs, whose head learned on them; update "
+        "otherwise).",
+    )  # fmt: skip
+    layer_decay: float | None = _at_least(
+        None, 0.0, "Layer-wise lr decay, e.g. 0.75: each block towards the input learns this "
+        "much slower than the one above (replaces the divisor; default: off).", maximum=1.0,
+    )  # fmt: skip
+    weight_decay: float = _at_least(0.01, 0.0, "AdamW weight decay (decoupled).")
+    seed: int = setting(0, "Random seed for the split, initialisation and shuffling.")
+    device: str = _choice(
+        "auto", DEVICES, "Device: auto (cuda, then mps, then cpu), cpu, cuda or mps."
+    )
+    precision: str = _choice(
+        "auto", PRECISIONS, "Precision: auto, bf16, fp16, fp32 (auto: bf16 on Ampere and "
+        "later GPUs, fp16 with a gradient scaler on older ones, fp32 on the CPU).",
+    )  # fmt: skip
+    channels_last: bool = setting(
+        True, "Channels-last memory layout (1.9x faster conv steps measured on a CPU)."
+    )
+    compile: bool = setting(False, "torch.compile the network (whole-network phases).")
+    accumulate: int = _at_least(1, 1, "Batches per optimizer step (gradient accumulation).")
+    grad_clip: float | None = _at_least(None, 0.0, "Clip the gradient norm to this (default: off).")
+    label_smoothing: float | None = _at_least(
+        None, 0.0, "Label smoothing: target mass spread evenly, 0 to 0.5.", maximum=0.5
+    )
+    class_weights: str = _choice(
+        "none", CLASS_WEIGHTS, "Loss weights per class: none, or auto (inverse frequency)."
+    )
+    mixup: float = _at_least(0.0, 0.0, "MixUp alpha, Beta(alpha, alpha) (0: off).")
+    cutmix: float = _at_least(0.0, 0.0, "CutMix alpha, Beta(alpha, alpha) (0: off).")
+    ema_decay: float | None = _at_least(
+        None, 0.0, "Score an EMA of the weights with this decay (0: off).", maximum=1.0
+    )
+    early_stop: int | None = _at_least(
+        None, 1, "Stop after this many epochs without improvement (default: off)."
+    )
+    monitor: str = _choice(
+        "val_accuracy", MONITORS, "Score for best weights and early stop: val_accuracy, "
+        "val_loss.",
+    )  # fmt: skip
+    time_limit: str | None = setting(
+        None, "Plan the run to end within this, e.g. 90s, 10m, 2h: the step time measured "
+        "early sets the epochs, so the schedule still anneals (default: none).", duration=True,
+    )  # fmt: skip
+    deterministic: bool = setting(False, "Deterministic algorithms (bitwise-repeatable CPU runs).")
+    feature_cache: bool = setting(True, "Keep frozen-backbone features on disk for later runs.")
+    feature_views: int = _at_least(
+        1, 1, "Frozen phase: features of K views per training image (1 plain + K-1 "
+        "augmented).",
+    )  # fmt: skip
+    tensorboard: bool = setting(True, "Write TensorBoard logs to the run's tensorboard/.")
+    logger: str = setting(
+        "", "Experiment trackers as well, comma-separated: mlflow, wandb (pip install "
+        "'torchgraft[track]'; they read MLFLOW_TRACKING_URI, WANDB_MODE, ...).",
+        each_of=LOGGERS,
+    )  # fmt: skip
+    report: bool = setting(True, "At the end, evaluate and calibrate; write report.html.")
+    quiet: bool = setting(False, "No progress bars; only the result.")
 
 
 @dataclass
@@ -288,6 +389,14 @@ def default_of(dotted: str) -> Any:
     """The default value of a dotted setting (for help texts)."""
     section, _, key = dotted.partition(".")
     return getattr(getattr(RunConfig(), section), key)
+
+
+def help_of(dotted: str) -> str:
+    """The help text of a dotted setting, as its field declares it."""
+    section, _, key = dotted.partition(".")
+    section_class = type(getattr(RunConfig(), section))
+    fields = {item.name: item for item in dataclasses.fields(section_class)}
+    return str(fields[key].metadata["help"])
 
 
 def parse_duration(text: str) -> float:

@@ -41,3 +41,22 @@ def test_train_offers_every_config_setting_as_an_option() -> None:
         if name not in positional and f"--{name.replace('_', '-')}" not in options
     ]
     assert missing == []
+
+
+def test_train_help_texts_are_the_config_fields_own() -> None:
+    """One place for a setting's help: its field in torchgraft.config. `graft train` shows
+    that text (then the default) for every option that sets a config field."""
+    import typer
+
+    from torchgraft.config import help_of
+
+    command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    settings = flat_settings()
+    shown = {param.name: param.help or "" for param in command.params}
+    differing = {
+        name: text
+        for name, text in shown.items()
+        if name in settings and not text.startswith(help_of(settings[name]))
+    }
+    assert differing == {}
+    assert set(settings) - {"source"} <= set(shown)  # data.source is DATA, the argument

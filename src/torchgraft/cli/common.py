@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from torchgraft.config import default_of
+from torchgraft.config import default_of, help_of
 from torchgraft.defaults import PRETRAINED_RECIPE, SCRATCH_RECIPE
 from torchgraft.errors import GraftError
 
@@ -45,17 +45,23 @@ def default_help(dotted: str) -> str:
     return "" if value in (None, "") else f"(default: {value})"
 
 
-def flag(dotted: str, help_text: str) -> Any:
-    """An on/off option (--x/--no-x) whose absence means "use the config file or default"."""
+def flag(dotted: str, help_text: str | None = None) -> Any:
+    """An on/off option (--x/--no-x) whose absence means "use the config file or default".
+    Its help is the setting's own (config.help_of) unless a command words it for itself."""
     name = dotted.split(".")[-1].replace("_", "-")
     return typer.Option(
-        f"--{name}/--no-{name}", help=f"{help_text} {default_help(dotted)}", show_default=False
+        f"--{name}/--no-{name}", help=help_with_default(dotted, help_text), show_default=False
     )
 
 
-def option(dotted: str, help_text: str, *flags: str) -> Any:
-    """A CLI option whose absence means "use the config file or the default"."""
-    return typer.Option(*flags, help=f"{help_text} {default_help(dotted)}", show_default=False)
+def option(dotted: str, help_text: str | None = None) -> Any:
+    """A CLI option whose absence means "use the config file or the default". Its help is
+    the setting's own (config.help_of) unless a command words it for itself."""
+    return typer.Option(help=help_with_default(dotted, help_text), show_default=False)
+
+
+def help_with_default(dotted: str, help_text: str | None) -> str:
+    return f"{help_text or help_of(dotted)} {default_help(dotted)}".strip()
 
 
 def guard(action: Callable[[], T], quiet: bool = False) -> T:

@@ -9,16 +9,11 @@ from typing import Annotated
 
 import typer
 
-from torchgraft.cli.common import app, default_help, flag, guard, option
+from torchgraft.cli.common import app, flag, guard, help_with_default, option
 from torchgraft.config import (
     AUGMENTATIONS,
     CACHE_MODES,
-    DEPTHWISE,
     DEVICES,
-    LOADERS,
-    MONITORS,
-    NORM_STATISTICS,
-    PRECISIONS,
     RESIZE_MODES,
 )
 
@@ -27,11 +22,7 @@ from torchgraft.config import (
 def train(
     data: Annotated[
         str | None,
-        typer.Argument(
-            help="A folder with one sub-folder per class (or train/ and val/ folders), or a "
-            f"bundled set: mnist5k, digits. {default_help('data.source')}",
-            show_default=False,
-        ),
+        typer.Argument(help=help_with_default("data.source", None), show_default=False),
     ] = None,
     config: Annotated[
         Path | None,
@@ -39,257 +30,52 @@ def train(
             help="YAML file with data/model/train sections; flags given here override it."
         ),
     ] = None,
-    model: Annotated[
-        str | None,
-        option("model.name", "Backbone: efficientnet_lite0, mlp, cnn, or any timm model name."),
-    ] = None,
-    weights: Annotated[
-        str | None,
-        option(
-            "model.weights",
-            "Local pretrained weights file (.safetensors/.pth) for the backbone "
-            "(default: bundled weights, else the timm hub).",
-        ),
-    ] = None,
-    pretrained: Annotated[
-        bool | None,
-        typer.Option(
-            "--pretrained/--no-pretrained",
-            help="Start from pretrained weights. (default: pretrained)",
-            show_default=False,
-        ),
-    ] = None,
-    epochs: Annotated[
-        int | None,
-        option(
-            "train.epochs",
-            "Epochs training the whole network (with --time-limit, the limit decides).",
-        ),
-    ] = None,
-    freeze_epochs: Annotated[
-        int | None,
-        option(
-            "train.freeze_epochs",
-            "Epochs training only the new head on cached features of the frozen backbone.",
-        ),
-    ] = None,
-    head_lr: Annotated[
-        float | None,
-        option("train.head_lr", "Peak learning rate of the head-only epochs (default: 5 x lr)."),
-    ] = None,
-    lr: Annotated[
-        str | None,
-        option(
-            "train.lr",
-            "Peak learning rate of the head, one-cycle, or auto to run the lr finder first.",
-        ),
-    ] = None,
-    backbone_lr_divisor: Annotated[
-        float | None,
-        option(
-            "train.backbone_lr_divisor",
-            "Backbone learning rate is lr divided by this while fine-tuning.",
-        ),
-    ] = None,
-    depthwise: Annotated[
-        str | None,
-        option(
-            "train.depthwise",
-            f"Depthwise filters: {', '.join(DEPTHWISE)} (auto: fixed on the CPU, where their "
-            "gradient is the slowest part of a step; trained on a GPU).",
-        ),
-    ] = None,
-    norm_statistics: Annotated[
-        str | None,
-        option(
-            "train.norm_statistics",
-            f"BatchNorm statistics while fine-tuning: {', '.join(NORM_STATISTICS)} (auto: keep "
-            "them after head-only epochs, whose head learned on them; update otherwise).",
-        ),
-    ] = None,
-    weight_decay: Annotated[
-        float | None, option("train.weight_decay", "AdamW weight decay.")
-    ] = None,
-    layer_decay: Annotated[
-        float | None,
-        option(
-            "train.layer_decay",
-            "Layer-wise lr decay, e.g. 0.75: each block towards the input learns this much "
-            "slower than the one above (replaces the divisor; default: off).",
-        ),
-    ] = None,
-    batch_size: Annotated[int | None, option("data.batch_size", "Images per step.")] = None,
-    image_size: Annotated[
-        int | None,
-        option(
-            "data.image_size",
-            "Training resolution in pixels (default: the model's, e.g. 224; "
-            "64 for bundled digits, their own size from scratch).",
-        ),
-    ] = None,
-    resize: Annotated[
-        str | None, option("data.resize", f"Resize mode: {', '.join(RESIZE_MODES)}.")
-    ] = None,
-    augment: Annotated[
-        str | None, option("data.augment", f"Augmentation preset: {', '.join(AUGMENTATIONS)}.")
-    ] = None,
-    val_fraction: Annotated[
-        float | None,
-        option(
-            "data.val_fraction",
-            "Share of each class held out for validation when there is no val/ folder.",
-        ),
-    ] = None,
-    class_names: Annotated[
-        str | None,
-        option(
-            "data.class_names",
-            "JSON file mapping class folder names to display names "
-            "(cat_to_name.json; default: folder names).",
-        ),
-    ] = None,
-    exclude: Annotated[
-        str | None,
-        option(
-            "data.exclude",
-            "Leave out the files listed in this file: `graft doctor DATA --json` output or a CSV. "
-            "From the report: unreadable, blank, label-issue and outlier files, and every copy "
-            "but one of each duplicate group (a val or test copy kept when the copies span "
-            "splits); tiny images stay. From a CSV: the file (or path) column, else the first; "
-            "header optional. Names relative to DATA, or absolute; listed files the data no "
-            "longer holds are counted in a warning. Recorded in the run, so --resume and "
-            "evaluation leave out the same files (default: none).",
-        ),
-    ] = None,
-    num_workers: Annotated[
-        int | None,
-        option(
-            "data.num_workers",
-            "Data-loading worker processes (default: 0 on a CPU, where the cores run the steps; "
-            "the cores less one, at most 8, for a GPU).",
-        ),
-    ] = None,
-    loader: Annotated[
-        str | None,
-        option(
-            "data.loader",
-            f"Batches: {', '.join(LOADERS)} (auto: the decoded images resident in GPU memory "
-            "when they fit, with none or light augmentation run there; else a DataLoader).",
-        ),
-    ] = None,
-    cache: Annotated[
-        str | None,
-        option(
-            "data.cache",
-            f"Decoded-image cache: {', '.join(CACHE_MODES)} (disk reuses decoding across runs).",
-        ),
-    ] = None,
-    cache_dir: Annotated[
-        str | None,
-        option(
-            "data.cache_dir",
-            "Folder for --cache disk (default: $TORCHGRAFT_CACHE or ~/.cache/torchgraft).",
-        ),
-    ] = None,
-    seed: Annotated[
-        int | None,
-        option("train.seed", "Random seed for the split, initialisation and shuffling."),
-    ] = None,
-    device: Annotated[str | None, option("train.device", f"Device: {', '.join(DEVICES)}.")] = None,
-    name: Annotated[
-        str | None,
-        option(
-            "train.name",
-            "Run name, a folder under --runs-dir (default: <model>-<data>, numbered if taken).",
-        ),
-    ] = None,
-    runs_dir: Annotated[
-        str | None, option("train.runs_dir", "Parent folder for run directories.")
-    ] = None,
-    precision: Annotated[
-        str | None,
-        option(
-            "train.precision",
-            f"Precision: {', '.join(PRECISIONS)} (auto: bf16 on Ampere and later GPUs, fp16 "
-            "with a gradient scaler on older ones, fp32 on the CPU).",
-        ),
-    ] = None,
-    channels_last: Annotated[
-        bool | None, flag("train.channels_last", "Channels-last memory layout.")
-    ] = None,
-    compile: Annotated[
-        bool | None, flag("train.compile", "torch.compile the network (whole-network phases).")
-    ] = None,
-    accumulate: Annotated[
-        int | None, option("train.accumulate", "Batches per optimizer step.")
-    ] = None,
-    grad_clip: Annotated[
-        float | None, option("train.grad_clip", "Clip the gradient norm to this (default: off).")
-    ] = None,
-    label_smoothing: Annotated[
-        float | None, option("train.label_smoothing", "Label smoothing, 0 to 0.5.")
-    ] = None,
-    class_weights: Annotated[
-        str | None,
-        option("train.class_weights", "Loss weights per class: none, or auto (inverse frequency)."),
-    ] = None,
-    mixup: Annotated[float | None, option("train.mixup", "MixUp alpha (0: off).")] = None,
-    cutmix: Annotated[float | None, option("train.cutmix", "CutMix alpha (0: off).")] = None,
-    ema_decay: Annotated[
-        float | None,
-        option(
-            "train.ema_decay",
-            "Score an EMA of the weights with this decay (0: off).",
-        ),
-    ] = None,
-    early_stop: Annotated[
-        int | None,
-        option(
-            "train.early_stop", "Stop after this many epochs without improvement (default: off)."
-        ),
-    ] = None,
-    monitor: Annotated[
-        str | None,
-        option("train.monitor", f"Score for best weights and early stop: {', '.join(MONITORS)}."),
-    ] = None,
-    time_limit: Annotated[
-        str | None,
-        option(
-            "train.time_limit",
-            "Plan the run to end within this, e.g. 90s, 10m, 2h: the step time measured "
-            "early sets the epochs, so the schedule still anneals (default: none).",
-        ),
-    ] = None,
-    deterministic: Annotated[
-        bool | None,
-        flag("train.deterministic", "Deterministic algorithms (bitwise-repeatable CPU runs)."),
-    ] = None,
-    feature_cache: Annotated[
-        bool | None,
-        flag("train.feature_cache", "Keep frozen-backbone features on disk for later runs."),
-    ] = None,
-    feature_views: Annotated[
-        int | None,
-        option(
-            "train.feature_views",
-            "Frozen phase: features of K views per training image (1 plain + K-1 augmented).",
-        ),
-    ] = None,
-    tensorboard: Annotated[
-        bool | None, flag("train.tensorboard", "Write TensorBoard logs to the run's tensorboard/.")
-    ] = None,
-    logger: Annotated[
-        str | None,
-        option(
-            "train.logger",
-            "Experiment trackers as well, comma-separated: mlflow, wandb (pip install "
-            "'torchgraft[track]'; they read MLFLOW_TRACKING_URI, WANDB_MODE, ...).",
-        ),
-    ] = None,
-    report: Annotated[
-        bool | None,
-        flag("train.report", "At the end, evaluate and calibrate; write report.html."),
-    ] = None,
+    model: Annotated[str | None, option("model.name")] = None,
+    weights: Annotated[str | None, option("model.weights")] = None,
+    pretrained: Annotated[bool | None, flag("model.pretrained")] = None,
+    epochs: Annotated[int | None, option("train.epochs")] = None,
+    freeze_epochs: Annotated[int | None, option("train.freeze_epochs")] = None,
+    head_lr: Annotated[float | None, option("train.head_lr")] = None,
+    lr: Annotated[str | None, option("train.lr")] = None,
+    backbone_lr_divisor: Annotated[float | None, option("train.backbone_lr_divisor")] = None,
+    depthwise: Annotated[str | None, option("train.depthwise")] = None,
+    norm_statistics: Annotated[str | None, option("train.norm_statistics")] = None,
+    weight_decay: Annotated[float | None, option("train.weight_decay")] = None,
+    layer_decay: Annotated[float | None, option("train.layer_decay")] = None,
+    batch_size: Annotated[int | None, option("data.batch_size")] = None,
+    image_size: Annotated[int | None, option("data.image_size")] = None,
+    resize: Annotated[str | None, option("data.resize")] = None,
+    augment: Annotated[str | None, option("data.augment")] = None,
+    val_fraction: Annotated[float | None, option("data.val_fraction")] = None,
+    class_names: Annotated[str | None, option("data.class_names")] = None,
+    exclude: Annotated[str | None, option("data.exclude")] = None,
+    num_workers: Annotated[int | None, option("data.num_workers")] = None,
+    loader: Annotated[str | None, option("data.loader")] = None,
+    cache: Annotated[str | None, option("data.cache")] = None,
+    cache_dir: Annotated[str | None, option("data.cache_dir")] = None,
+    seed: Annotated[int | None, option("train.seed")] = None,
+    device: Annotated[str | None, option("train.device")] = None,
+    name: Annotated[str | None, option("train.name")] = None,
+    runs_dir: Annotated[str | None, option("train.runs_dir")] = None,
+    precision: Annotated[str | None, option("train.precision")] = None,
+    channels_last: Annotated[bool | None, flag("train.channels_last")] = None,
+    compile: Annotated[bool | None, flag("train.compile")] = None,
+    accumulate: Annotated[int | None, option("train.accumulate")] = None,
+    grad_clip: Annotated[float | None, option("train.grad_clip")] = None,
+    label_smoothing: Annotated[float | None, option("train.label_smoothing")] = None,
+    class_weights: Annotated[str | None, option("train.class_weights")] = None,
+    mixup: Annotated[float | None, option("train.mixup")] = None,
+    cutmix: Annotated[float | None, option("train.cutmix")] = None,
+    ema_decay: Annotated[float | None, option("train.ema_decay")] = None,
+    early_stop: Annotated[int | None, option("train.early_stop")] = None,
+    monitor: Annotated[str | None, option("train.monitor")] = None,
+    time_limit: Annotated[str | None, option("train.time_limit")] = None,
+    deterministic: Annotated[bool | None, flag("train.deterministic")] = None,
+    feature_cache: Annotated[bool | None, flag("train.feature_cache")] = None,
+    feature_views: Annotated[int | None, option("train.feature_views")] = None,
+    tensorboard: Annotated[bool | None, flag("train.tensorboard")] = None,
+    logger: Annotated[str | None, option("train.logger")] = None,
+    report: Annotated[bool | None, flag("train.report")] = None,
     resume: Annotated[
         Path | None,
         typer.Option(
