@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tqdm import std
-from tqdm.auto import tqdm as live_bar
 
 T = TypeVar("T")
 
@@ -49,14 +48,31 @@ def progress(iterable: Iterable[T] | None = None, *, quiet: bool = False, **kwar
     """A tqdm bar over `iterable` (or a manual one with `total=`), drawn as described above."""
     kwargs.setdefault("leave", False)
     disable = quiet or _disabled_by_environment()
-    bar = live_bar if _interactive() else LogLines
-    return bar(iterable, disable=disable, **kwargs)
+    return _bar_class()(iterable, disable=disable, **kwargs)
+
+
+def _bar_class() -> type[std.tqdm]:
+    """A widget in a Jupyter kernel, a redrawn line on a terminal, LogLines elsewhere.
+
+    All three are std.tqdm underneath. Not tqdm.auto: its asyncio class calls iter() on the
+    iterable when the bar is made, so a shuffling DataLoader drew its order twice an epoch
+    and a run trained differently in a terminal than in a log file, seed for seed.
+    """
+    if "ipykernel" in sys.modules:
+        try:
+            from tqdm.notebook import tqdm as notebook_bar
+
+            return notebook_bar
+        except ImportError:  # no ipywidgets: plain text, as on a terminal
+            return std.tqdm
+    if _interactive():
+        return std.tqdm
+    return LogLines
 
 
 def _interactive() -> bool:
-    """A terminal, or a Jupyter kernel (whose bars are widgets, not lines of text)."""
-    stderr_is_terminal = sys.stderr is not None and sys.stderr.isatty()
-    return stderr_is_terminal or "ipykernel" in sys.modules
+    """A terminal: bars are redrawn in place."""
+    return sys.stderr is not None and sys.stderr.isatty()
 
 
 def _disabled_by_environment() -> bool:

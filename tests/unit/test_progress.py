@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import io
+import sys
+from pathlib import Path
 
 import pytest
+from tqdm import std
 
+from torchgraft import api
 from torchgraft import progress as progress_module
-from torchgraft.progress import LOG_EVERY_S, progress
+from torchgraft.progress import LOG_EVERY_S, LogLines, progress
+from torchgraft.testing import make_image_folder
 
 
 class Clock:
@@ -24,6 +30,7 @@ def test_in_a_log_a_bar_writes_one_whole_line_per_interval_and_nothing_on_close(
     clock = Clock()
     monkeypatch.setattr(progress_module.time, "monotonic", clock)
     monkeypatch.setattr(progress_module, "_interactive", lambda: False)
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)  # not in a Jupyter kernel
     log = io.StringIO()
     with progress(total=100, desc="epoch 1 train", file=log) as bar:
         for step in range(100):
@@ -39,6 +46,7 @@ def test_in_a_log_a_bar_writes_one_whole_line_per_interval_and_nothing_on_close(
 
 def test_a_short_task_in_a_log_writes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(progress_module, "_interactive", lambda: False)
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)  # not in a Jupyter kernel
     log = io.StringIO()
     for _ in progress(range(1000), desc="validate", file=log):
         pass
@@ -50,12 +58,33 @@ def test_tqdm_disable_turns_even_a_terminal_bar_off(
     value: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(progress_module, "_interactive", lambda: True)
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
     monkeypatch.setenv("TQDM_DISABLE", value)
     assert progress(range(3), file=io.StringIO()).disable
 
 
 def test_a_terminal_bar_is_on_unless_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(progress_module, "_interactive", lambda: True)
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     assert not progress(range(3), file=io.StringIO()).disable
     assert progress(range(3), file=io.StringIO(), quiet=True).disable
+
+
+def test_a_run_trains_the_same_on_a_terminal_in_a_notebook_and_into_a_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tqdm.auto's bar called iter() on a DataLoader when made, so a shuffled epoch drew its
+    order twice: the same seed trained another model wherever ipykernel was imported."""
+    from tqdm.notebook import tqdm as notebook_bar
+
+    data = make_image_folder(tmp_path / "images", per_class=6, size=16)
+    histories = []
+    for bar in (std.tqdm, notebook_bar, LogLines):
+        monkeypatch.setattr(progress_module, "_bar_class", lambda bar=bar: bar)
+        run = api.train(data, name=bar.__name__, runs_dir=str(tmp_path / "runs"), model="mlp",
+                        epochs=2, image_size=16, batch_size=8, tensorboard=False,
+                        report=False, quiet=True)  # fmt: skip
+        with open(run.path / "metrics.csv") as file:
+            histories.append([row["train_loss"] for row in csv.DictReader(file)])
+    assert histories[0] == histories[1] == histories[2]
