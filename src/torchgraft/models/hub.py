@@ -28,3 +28,11 @@ def hub_unreachable_reason() -> str | None:
     except OSError as error:
         return f"no network: {host} does not resolve ({error.strerror or error})"
     return None
+
+
+def raise_if_hub_unreachable() -> None:
+    """OSError with the reason when the hub cannot be reached: callers turn a failed hub
+    request, this one included, into their own message."""
+    reason = hub_unreachable_reason()
+    if reason is not None:
+        raise OSError(reason)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from torchgraft.errors import UserError, did_you_mean
-from torchgraft.models.hub import hub_unreachable_reason
+from torchgraft.models.hub import raise_if_hub_unreachable
 
 HF_HUB_PREFIX = "hf-hub:"  # timm's prefix for models on the Hugging Face Hub
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -95,9 +95,7 @@ def _hub_spec(name: str) -> BackboneSpec:
     from timm.models import load_model_config_from_hf
 
     try:
-        unreachable = hub_unreachable_reason()
-        if unreachable is not None:
-            raise OSError(unreachable)
+        raise_if_hub_unreachable()
         pretrained_config, _, _ = load_model_config_from_hf(name.removeprefix(HF_HUB_PREFIX))
     except Exception as error:  # offline, no such repository, not a timm model: one message
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

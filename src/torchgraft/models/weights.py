@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from torchgraft.errors import UserError
-from torchgraft.models.hub import hub_unreachable_reason
+from torchgraft.models.hub import raise_if_hub_unreachable
 from torchgraft.models.registry import BackboneSpec
 
 logger = logging.getLogger(__name__)
@@ -72,9 +72,7 @@ def _hub_weights(name: str) -> dict[str, torch.Tensor]:
     import timm
 
     try:
-        unreachable = hub_unreachable_reason()
-        if unreachable is not None:
-            raise OSError(unreachable)
+        raise_if_hub_unreachable()
         return timm.create_model(name, pretrained=True).state_dict()
     except Exception as error:  # no network, no such tag, hub outage: all mean the same to a user
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -27,7 +27,7 @@ def test_a_hub_name_is_described_by_the_config_timm_reads(monkeypatch: pytest.Mo
                   "interpolation": "bicubic"}  # fmt: skip
         return config, "resnet10t", {}
 
-    monkeypatch.setattr(registry, "hub_unreachable_reason", lambda: None)
+    monkeypatch.setattr(registry, "raise_if_hub_unreachable", lambda: None)  # online
     monkeypatch.setattr(timm.models, "load_model_config_from_hf", config_from_hub)
     spec = get_spec(NAME)
     assert get_spec(NAME) is spec  # asked once: training looks the spec up several times
