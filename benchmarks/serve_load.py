@@ -1,31 +1,35 @@
-"""Load test of `graft serve` on loopback: 1,000 POST /predict from 8 concurrent clients,
-then the twenty bad uploads (each must get a 4xx, and the server must keep answering).
+"""Load test of `graft serve` on loopback with Apache Bench (`ab`, apt-get install
+apache2-utils) as the client: 2,000 POST /predict of a raw mnist5k digit PNG from 8
+concurrent keep-alive clients, batching on (graft serve's defaults) and off (--max-batch 1)
+side by side; then the twenty bad uploads (each must get a 4xx, and the server must keep
+answering).
 
-Starts the server as a user does (`python -m torchgraft serve --run RUN --port P`) in a
-subprocess, sends multipart uploads of real mnist5k digits (PNG files in memory) from 8
-threads, each with its own keep-alive connection, and prints JSON: errors, throughput, and
-client-side latency percentiles. Ends the server with Ctrl-C (SIGINT) and reports how it exited.
+Each arm is a fresh server started as a user starts it (`python -m torchgraft serve --run RUN
+--port P`), warmed up with 16 requests, then loaded; the arms take turns for `--rounds`
+rounds and the median is reported. The last round's default server also gets the bad
+uploads, 50 more good requests, and Ctrl-C (SIGINT), and the JSON says how it exited.
 
-    python benchmarks/serve_load.py --run runs/NAME [--requests 1000] [--clients 8]
+    python benchmarks/serve_load.py --run runs/NAME [--requests 2000] [--clients 8]
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
-import numpy as np
 from PIL import Image
 
 from torchgraft.data import load_data
@@ -41,9 +45,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(run: str, port: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def running_server(
+    run: str, port: int, options: list[str]
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`graft serve` in a subprocess, until /health answers; SIGINT (then kill) at the end."""
-    command = [sys.executable, "-m", "torchgraft", "serve", "--run", run, "--port", str(port)]
+    command = [sys.executable, "-m", "torchgraft", "serve", "--run", run, "--port", str(port),
+               *options]  # fmt: skip
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -68,59 +75,51 @@ def running_server(run: str, port: int) -> Iterator[tuple[str, subprocess.Popen[
                 server.wait()
 
 
-def digit_uploads(count: int) -> list[bytes]:
-    """`count` distinct mnist5k validation digits, PNG-encoded."""
-    uploads = []
-    for image in load_data("mnist5k").val.images[:count]:
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="PNG")
-        uploads.append(buffer.getvalue())
-    return uploads
+def digit_png(folder: Path) -> Path:
+    """The first mnist5k validation digit as a PNG file: the body every ab request sends."""
+    path = folder / "digit.png"
+    Image.fromarray(load_data("mnist5k").val.images[0]).save(path)
+    return path
 
 
-def load(url: str, uploads: list[bytes], requests: int, clients: int) -> dict[str, object]:
-    """Send `requests` uploads from `clients` threads; latencies and failures."""
-    next_index = iter(range(requests))
-    lock = threading.Lock()
-    latencies: list[float] = []
-    failures: list[str] = []
+def apache_bench(url: str, body: Path, requests: int, clients: int) -> dict[str, object]:
+    """`ab` POSTing `body` as image/png to /predict, `requests` times from `clients`
+    keep-alive connections; its throughput, latency percentiles and errors."""
+    command = ["ab", "-q", "-k", "-n", str(requests), "-c", str(clients), "-p", str(body),
+               "-T", "image/png", f"{url}/predict"]  # fmt: skip
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return parse_ab(output, requests, clients)
 
-    def client() -> None:
-        with httpx.Client(base_url=url, timeout=60) as session:
-            while True:
-                with lock:
-                    index = next(next_index, None)
-                if index is None:
-                    return
-                image = uploads[index % len(uploads)]
-                started = time.perf_counter()
-                try:
-                    answer = session.post("/predict", files={"file": ("d.png", image, "image/png")})
-                    ok = answer.status_code == 200 and bool(answer.json()["top_k"])
-                    problem = "" if ok else f"HTTP {answer.status_code}"
-                except httpx.HTTPError as error:
-                    problem = f"{type(error).__name__}: {error}"
-                with lock:
-                    latencies.append(time.perf_counter() - started)
-                    if problem:
-                        failures.append(problem)
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - started
-    milliseconds = np.asarray(latencies) * 1000
+def parse_ab(output: str, requests: int, clients: int) -> dict[str, object]:
+    """The numbers of ab's report. ab counts an answer whose length differs from the first
+    one's as "failed (Length)": every answer here carries its own timing, so those are not
+    errors; non-2xx answers, refused connections and broken reads are."""
+
+    def number(pattern: str) -> float:
+        found = re.search(pattern, output, re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
+
+    errors = sum(
+        int(number(pattern))
+        for pattern in (r"Non-2xx responses:\s+(\d+)", r"Connect: (\d+)", r"Receive: (\d+)",
+                        r"Exceptions: (\d+)")
+    )  # fmt: skip
     return {
-        "requests": requests, "clients": clients, "errors": len(failures),
-        "first_errors": failures[:5], "seconds": round(seconds, 2),
-        "requests_per_s": round(requests / seconds, 1),
+        "requests": int(number(r"Complete requests:\s+(\d+)")), "clients": clients,
+        "errors": errors, "requests_per_s": number(r"Requests per second:\s+([\d.]+)"),
         "latency_ms": {
-            f"p{q}": round(float(np.percentile(milliseconds, q)), 1) for q in (50, 90, 99)
-        } | {"max": round(float(milliseconds.max()), 1)},
+            f"p{q}": number(rf"^\s+{q}%\s+(\d+)") for q in (50, 90, 99)
+        } | {"max": number(r"100%\s+(\d+)")},
     }  # fmt: skip
+
+
+def mean_batch_size(url: str) -> float:
+    """Images per model call so far, from the server's GET /metrics."""
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    total = float(re.search(r"^graft_batch_size_sum ([\d.e+]+)", metrics, re.M).group(1))  # type: ignore[union-attr]
+    calls = float(re.search(r"^graft_batch_size_count ([\d.e+]+)", metrics, re.M).group(1))  # type: ignore[union-attr]
+    return round(total / calls, 2) if calls else 0.0
 
 
 def fire_bad_uploads(url: str) -> dict[str, object]:
@@ -143,23 +142,57 @@ def fire_bad_uploads(url: str) -> dict[str, object]:
             "answers": answers}  # fmt: skip
 
 
+ARMS = {"batching_on": [], "batching_off": ["--max-batch", "1"]}  # on: graft serve's defaults
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run", required=True)
-    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="report the median of N")
     args = parser.parse_args()
-    uploads = digit_uploads(200)
-    with running_server(args.run, free_port()) as (url, server):
-        load(url, uploads, WARM_UP, 1)
-        result = load(url, uploads, args.requests, args.clients)
-        bad = fire_bad_uploads(url)
-        final = load(url, uploads, 50, args.clients)  # still serving after all of it
+    if shutil.which("ab") is None:
+        raise SystemExit("ab not found: apt-get install apache2-utils")
+    results: dict[str, list[dict[str, object]]] = {arm: [] for arm in ARMS}
+    with tempfile.TemporaryDirectory(prefix="serve-load-") as folder:
+        body = digit_png(Path(folder))
+        for round_number in range(args.rounds):
+            for arm, options in ARMS.items():
+                last = round_number == args.rounds - 1 and arm == "batching_on"
+                results[arm].append(one_server(args, body, options, checks=last))
     print(json.dumps({
-        "load": result, "bad_uploads": bad, "after_bad_uploads": {"errors": final["errors"]},
-        "server_exit_status_after_ctrl_c": server.returncode,
+        arm: median_run(runs) | {"rounds": runs} for arm, runs in results.items()
+    } | {
         "machine_cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
     }, indent=2))  # fmt: skip
+
+
+def one_server(
+    args: argparse.Namespace, body: Path, options: list[str], checks: bool
+) -> dict[str, object]:
+    """A fresh `graft serve`: warmed up, loaded by ab; with `checks`, then the bad uploads,
+    more good requests and Ctrl-C."""
+    result: dict[str, object] = {}
+    with running_server(args.run, free_port(), options) as (url, server):
+        apache_bench(url, body, WARM_UP, 1)
+        result = apache_bench(url, body, args.requests, args.clients)
+        result["mean_batch_size"] = mean_batch_size(url)
+        if checks:
+            result["bad_uploads"] = fire_bad_uploads(url)
+            after = apache_bench(url, body, 50, args.clients)  # still serving after all of it
+            result["after_bad_uploads"] = {"errors": after["errors"]}
+    if checks:
+        result["server_exit_status_after_ctrl_c"] = server.returncode
+    return result
+
+
+def median_run(runs: list[dict[str, object]]) -> dict[str, object]:
+    """The run with the median throughput."""
+    ordered = sorted(runs, key=lambda run: float(run["requests_per_s"]))  # type: ignore[arg-type]
+    middle = ordered[len(ordered) // 2]
+    return {"median": {key: middle[key] for key in ("requests_per_s", "latency_ms", "errors",
+                                                     "mean_batch_size")}}  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -297,6 +297,7 @@ def serve(
     max_megapixels: float = 25.0,
     engine: str = "eager",
     settings: ServerSettings | None = None,
+    access_log: bool = False,
 ) -> None:
     """Serve the run over HTTP until Ctrl-C: POST /predict (top-k JSON), POST /explain (the
     Grad-CAM overlay as PNG, for models with a spatial feature map), GET /health, and a page
@@ -305,8 +306,9 @@ def serve(
     The model loads once, before the server starts listening; `engine` picks what computes
     the predictions (see `predict`). Uploads over `max_upload_mb` or images over
     `max_megapixels` (read from the header, before decoding) get 413. `settings` holds the
-    timeouts and the number of uploads in progress beyond which the server answers 503 with
-    Retry-After (`serve.server.ServerSettings`); `/health` answers regardless."""
+    timeouts, the number of uploads in progress beyond which the server answers 503 with
+    Retry-After, and how uploads are batched (`serve.server.ServerSettings`); `/health`
+    answers regardless. `access_log` prints a line per request (GET /metrics counts them)."""
     require(("fastapi", "uvicorn"), "serve", "graft serve")
     from torchgraft.serve.app import create_app
     from torchgraft.serve.server import ServerSettings, serve_app
@@ -321,7 +323,7 @@ def serve(
     )
     # uvicorn shuts down gracefully on Ctrl-C, then re-raises it: stopping is not an error.
     with contextlib.suppress(KeyboardInterrupt):
-        serve_app(app, host, port, settings)
+        serve_app(app, host, port, settings, access_log)
 
 
 def doctor(

@@ -254,11 +254,27 @@ def serve(
         int,
         typer.Option(min=1, help="Uploads in progress at once; more get 503 with Retry-After."),
     ] = 64,
+    max_batch: Annotated[
+        int,
+        typer.Option(min=1, help="Most uploads that share one model call (1: no batching)."),
+    ] = 16,
+    max_wait_ms: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1000,
+            help="Milliseconds an upload may wait for others to share its model call.",
+        ),
+    ] = 5.0,
+    access_log: Annotated[
+        bool, typer.Option(help="Print a line per request (GET /metrics counts them anyway).")
+    ] = False,
 ) -> None:
     """Serve the model over HTTP, with a web page to try it.
 
     A page at /, POST /predict (an image in, top-k JSON out), POST /explain (its Grad-CAM
-    overlay as PNG), GET /health. The model loads once; Ctrl-C stops the server.
+    overlay as PNG), GET /health, GET /metrics (Prometheus). The model loads once;
+    uploads that arrive together share a model call; Ctrl-C stops the server.
     There is no authentication: put it behind a reverse proxy (README.md, Serving).
     """
     from torchgraft import api
@@ -269,11 +285,12 @@ def serve(
             body_timeout=body_timeout, min_body_rate=min_body_rate * 1024,
             decode_timeout=decode_timeout,
             idle_timeout=idle_timeout, max_pending=max_pending,
+            max_batch=max_batch, max_wait=max_wait_ms / 1000,
         )  # fmt: skip
         api.serve(
             run, host, port, device=device, class_names=class_names, top_k=top_k,
             max_upload_mb=max_upload_mb, max_megapixels=max_megapixels, engine=engine,
-            settings=settings,
+            settings=settings, access_log=access_log,
         )  # fmt: skip
 
     guard(start)

@@ -1,10 +1,11 @@
-"""The HTTP app: POST /predict, POST /explain (Grad-CAM), GET /health, and GET / (a page to
-drop an image on).
+"""The HTTP app: POST /predict, POST /explain (Grad-CAM), GET /health, GET /metrics
+(Prometheus), and GET / (a page to drop an image on).
 
 The model is loaded once, when the app is created. Each upload is decoded in a worker thread
-by the same rules as training data (`torchgraft.data.decode`); the model itself runs one
-batch at a time behind the Predictor's lock, so concurrent requests are safe. Bad input gets
-a 4xx with a JSON `detail` saying what was wrong; it never costs a 500 or the server.
+by the same rules as training data (`torchgraft.data.decode`); decoded uploads that arrive
+within a few milliseconds of each other share one model call (`serve.batching`), and the
+model runs one call at a time, so concurrent requests are safe. Bad input gets a 4xx with a
+JSON `detail` saying what was wrong; it never costs a 500 or the server.
 
 Memory is bounded three ways: uploads by bytes (`max_upload_bytes`), decoded images by
 pixels (`max_pixels`, read from the header before decoding), and the number of uploads in
@@ -44,7 +45,9 @@ from torchgraft.data.decode import (
     decode_bytes,
 )
 from torchgraft.errors import UserError
+from torchgraft.serve.batching import Batcher
 from torchgraft.serve.limits import BodyDeadline, ModelTurns, Pending, Workers
+from torchgraft.serve.metrics import CountRequests, Metrics
 from torchgraft.serve.predictor import Predictor
 from torchgraft.serve.server import ServerSettings
 from torchgraft.serve.uploads import Upload, read_upload
@@ -56,6 +59,7 @@ DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20  # 10 MB: a large phone photo is 3 to 8 MB
 # 25 megapixels: a 12 MP phone photo (4032x3024) passes; a PNG that decodes to this size
 # takes about 75 MB as RGB, and a few times that while it is converted and resized.
 DEFAULT_MAX_PIXELS = 25_000_000
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def create_app(
@@ -100,12 +104,22 @@ def create_app(
     limits = Limits(
         max_upload_bytes, max_pixels, workers, ModelTurns(), Pending(settings.max_pending)
     )
+    metrics = Metrics(uploads_in_progress=lambda: limits.pending.count)
+    app.add_middleware(CountRequests, metrics=metrics)  # outermost: sees the 408s too
+    batcher = Batcher(
+        lambda batch: limits.model.run(predictor.score, batch),
+        settings.max_batch, settings.max_wait, on_batch=metrics.batch_size.observe,
+    )  # fmt: skip
 
     @app.get("/health")
     async def health() -> dict[str, Any]:  # in the event loop: no thread, so never queued
         return {**health_info(predictor, top_k, limits), "explain": explainable}
 
-    add_predict(app, predictor, top_k, limits)
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.text(), media_type=PROMETHEUS_TEXT)
+
+    add_predict(app, predictor, top_k, limits, batcher)
     if explainable:
         add_explain(app, predictor, limits)
     return app
@@ -137,7 +151,9 @@ class Limits:
     pending: Pending
 
 
-def add_predict(app: FastAPI, predictor: Predictor, top_k: int, limits: Limits) -> None:
+def add_predict(
+    app: FastAPI, predictor: Predictor, top_k: int, limits: Limits, batcher: Batcher
+) -> None:
     @app.post("/predict")
     async def predict(request: Request, top_k: int = Query(top_k, ge=1, le=1000)) -> dict[str, Any]:
         """Top-k classes for one image: a multipart file field, or the raw bytes as the body."""
@@ -145,9 +161,9 @@ def add_predict(app: FastAPI, predictor: Predictor, top_k: int, limits: Limits) 
         with limits.pending.slot():
             upload = await read_upload(request, limits.max_upload_bytes)
             pixels = await limits.workers.run(decode_upload, predictor, upload, limits.max_pixels)
-            scores = await limits.model.run(predictor.score, pixels.unsqueeze(0))
+            scores, row = await batcher.score(pixels)
         k = min(top_k, predictor.info.num_classes)
-        record = predictor.prediction(upload.name, scores, 0, k)
+        record = predictor.prediction(upload.name, scores, row, k)
         return {**record.to_dict(), "milliseconds": (time.perf_counter() - started) * 1000}
 
 

@@ -321,22 +321,26 @@ def test_waiting_for_the_busy_model_does_not_count_against_the_decode_timeout(
     """Four uploads at once, the model taking 0.25 s each: the last waits 0.75 s for it, over
     the 0.3 s decode timeout, yet all four are answered (the timeout is for decoding)."""
     predictor = Predictor.from_run(tiny_run, "cpu")
-    real_classify = predictor.classify
+    real_score = predictor.score
+    model_calls = []
 
-    def slow_classify(pixels: Any) -> Any:
+    def slow_score(pixels: Any, unfamiliar: bool = True) -> Any:
+        model_calls.append(len(pixels))
         with predictor.lock:  # as a slow model would hold it
             time.sleep(0.25)  # sleep-ok: a slow model holding the lock
-        return real_classify(pixels)
+        return real_score(pixels, unfamiliar)
 
-    monkeypatch.setattr(predictor, "classify", slow_classify)
+    monkeypatch.setattr(predictor, "score", slow_score)
     monkeypatch.setattr("torchgraft.serve.app.default_workers", lambda: 4)
-    app = create_app(predictor, settings=ServerSettings(decode_timeout=0.3))
+    unbatched = ServerSettings(decode_timeout=0.3, max_batch=1)  # four calls, one after another
+    app = create_app(predictor, settings=unbatched)
     with TestClient(app) as test_client, ThreadPoolExecutor(max_workers=4) as pool:
         post = partial(test_client.post, "/predict", headers={"content-type": "image/png"})
         answers = list(
             pool.map(lambda image: post(content=image), [png(0, seed) for seed in range(4)])
         )
     assert [answer.status_code for answer in answers] == [200] * 4, answers[-1].text
+    assert model_calls == [1, 1, 1, 1]
 
 
 async def receive_body(
