@@ -197,10 +197,10 @@ def predictor(
     device: str = "auto",
     class_names: str | Path | None = None,
     batch_size: int = 64,
-    engine: str = "eager",
+    engine: str = "auto",
 ) -> Predictor:
     """A loaded model for repeated predictions; `class_names` overrides the display names;
-    `engine` is eager (the run's weights) or an export format (see `predict`)."""
+    `engine` is auto, eager (the run's weights) or an export format (see `predict`)."""
     return Predictor.from_run(load_run(run), device, batch_size, class_names, engine)
 
 
@@ -236,7 +236,7 @@ def predict(
     device: str = "auto",
     class_names: str | Path | None = None,
     batch_size: int = 64,
-    engine: str = "eager",
+    engine: str = "auto",
     probabilities: bool = False,
 ) -> list[Prediction] | tuple[list[Prediction], np.ndarray]:
     """One record per image, each with its top-k classes, for files, folders (searched
@@ -246,9 +246,12 @@ def predict(
     with a warning; its record's `error` says why. With `probabilities=True`, also returns
     the (N, num_classes) calibrated probabilities, row for row (NaN for a skipped image).
 
-    `engine` "eager" (the default) computes with the run's safetensors weights; an export
-    format (onnx, onnx-int8, aoti, torchscript) uses that file of runs/NAME/exports on the
-    CPU. aoti and torchscript files are code: they load only because you named them.
+    `engine` "auto" (the default) uses the run's float ONNX export on a CPU when
+    parity.json vouches for it with the current weights (and it carries the embedding that
+    unfamiliar scores need), else eager PyTorch; "eager" computes with the run's safetensors
+    weights; an export format (onnx, onnx-int8, aoti, torchscript) uses that file of
+    runs/NAME/exports on the CPU. aoti and torchscript files are code: they load only
+    because you named them. `Predictor.engine` says which one was used.
     """
     loaded = predictor(run, device, class_names, batch_size, engine)
     records, scores = loaded.predict_with_probabilities(images, top_k)
@@ -295,7 +298,7 @@ def serve(
     top_k: int = 5,
     max_upload_mb: float = 10.0,
     max_megapixels: float = 25.0,
-    engine: str = "eager",
+    engine: str = "auto",
     settings: ServerSettings | None = None,
     access_log: bool = False,
 ) -> None:

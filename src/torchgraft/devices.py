@@ -9,6 +9,8 @@ importing the training code.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from torchgraft.errors import UserError, did_you_mean
@@ -58,3 +60,9 @@ def _check_cuda(device: torch.device) -> None:
         )
     if device.index is not None and device.index >= count:
         raise UserError(f"{device}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, where the OS has one)."""
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return max(1, len(usable) if usable else os.cpu_count() or 1)

@@ -15,9 +15,10 @@ if TYPE_CHECKING:
 EngineOption = Annotated[
     str,
     typer.Option(
-        help="What computes the predictions: eager (the run's weights, the default) or an "
-        "export of runs/NAME/exports, on the CPU: onnx, onnx-int8, aoti, torchscript. aoti "
-        "(model.pt2) and torchscript (model.ts) are code: they load only when named here."
+        help="What computes the predictions: auto (the run's parity-checked ONNX export on "
+        "a CPU, else the run's weights), eager (the run's weights) or an export of "
+        "runs/NAME/exports, on the CPU: onnx, onnx-int8, aoti, torchscript. aoti (model.pt2) "
+        "and torchscript (model.ts) are code: they load only when named here."
     ),
 ]
 
@@ -47,7 +48,7 @@ def predict(
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 64,
     device: DeviceOption = "auto",
-    engine: EngineOption = "eager",
+    engine: EngineOption = "auto",
 ) -> None:
     """Classify images: the top-k classes, with display names and probabilities, for each.
 
@@ -221,7 +222,7 @@ def serve(
         ),
     ] = 25.0,
     device: DeviceOption = "auto",
-    engine: EngineOption = "eager",
+    engine: EngineOption = "auto",
     body_timeout: Annotated[
         float,
         typer.Option(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +20,23 @@ import torch
 from torchgraft.errors import UserError
 from torchgraft.export.formats import format_of_file
 from torchgraft.export.model import METADATA_PREFIX, Predict, numpy_predict, quieter_loggers
-from torchgraft.export.onnx_format import INPUT_NAME
+from torchgraft.export.onnx_format import EMBEDDING_NAME, INPUT_NAME, OUTPUT_NAME
 from torchgraft.export.signatures import SIGNATURES_FILE, secret_path, signed_here
 from torchgraft.export.timm_folder import load_timm_folder
 from torchgraft.export.torchscript import METADATA_FILE, without_jit_deprecation
+
+# uint8 (N, C, H, W) -> (N, classes) probabilities and (N, D) embeddings, from one pass
+PredictWithEmbedding = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class Engine:
+    """What a format's loader gives: its call and its metadata."""
+
+    predict: Predict  # the format's own call, on a contiguous uint8 batch
+    metadata: dict[str, str]  # the torchgraft.* keys written at export
+    # The ONNX export's second output (onnx_format.EMBEDDING_NAME); None for the others.
+    predict_with_embedding: PredictWithEmbedding | None = None
 
 
 @dataclass
@@ -30,10 +44,31 @@ class ExportedModel:
     """A loaded export. Call it with uint8 (N, C, H, W) images at the training size."""
 
     path: Path
-    predict: Predict  # the format's own call, on a contiguous uint8 batch
-    metadata: dict[str, str]  # the torchgraft.* keys written at export
+    engine: Engine
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self.engine.metadata
+
+    @property
+    def has_embedding(self) -> bool:
+        """Whether it also gives the embedding unfamiliar scores are made from."""
+        return self.engine.predict_with_embedding is not None
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        images = self._checked(images)
+        if len(images) == 0:
+            return np.zeros((0, len(self.class_names)), dtype=np.float32)
+        return np.asarray(self.engine.predict(images), dtype=np.float32)
+
+    def with_embedding(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, classes) probabilities and (N, D) embeddings; only where `has_embedding`."""
+        if self.engine.predict_with_embedding is None:
+            raise UserError(f"{self.path.name} has no embedding output: export it again")
+        probabilities, embeddings = self.engine.predict_with_embedding(self._checked(images))
+        return np.asarray(probabilities, dtype=np.float32), np.asarray(embeddings, np.float32)
+
+    def _checked(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
         expected = (self.channels, self.image_size, self.image_size)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected:
@@ -42,9 +77,7 @@ class ExportedModel:
                 f", got {images.dtype} {images.shape}: resize to the training size first "
                 "(exports/README.md shows how)"
             )
-        if len(images) == 0:
-            return np.zeros((0, len(self.class_names)), dtype=np.float32)
-        return np.asarray(self.predict(np.ascontiguousarray(images)), dtype=np.float32)
+        return np.ascontiguousarray(images)
 
     def _field(self, name: str) -> str:
         return self.metadata[METADATA_PREFIX + name]
@@ -97,7 +130,7 @@ def load_exported(
             "from graft export"
         )
     try:
-        predict, metadata = load(path, threads or torch.get_num_threads())
+        engine = load(path, threads or torch.get_num_threads())
     except ImportError as error:  # the engine is missing here: the file may be fine
         module = error.name or "the engine"
         raise UserError(
@@ -109,9 +142,9 @@ def load_exported(
             f"cannot load {path} ({type(error).__name__}: {first_line}): export it again "
             "with graft export"
         ) from None
-    if METADATA_PREFIX + "image_size" not in metadata:
+    if METADATA_PREFIX + "image_size" not in engine.metadata:
         raise UserError(f"{path} was not written by graft export: it has no torchgraft metadata")
-    return ExportedModel(path, predict, metadata)
+    return ExportedModel(path, engine)
 
 
 def check_signed(path: Path) -> None:
@@ -129,31 +162,38 @@ def check_signed(path: Path) -> None:
     )
 
 
-def _load_timm(path: Path, threads: int) -> tuple[Predict, dict[str, str]]:
-    return load_timm_folder(path)  # timm runs on torch's own thread setting
+def _load_timm(path: Path, threads: int) -> Engine:
+    return Engine(*load_timm_folder(path))  # timm runs on torch's own thread setting
 
 
-def _load_onnx(path: Path, threads: int) -> tuple[Predict, dict[str, str]]:
+def _load_onnx(path: Path, threads: int) -> Engine:
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    metadata = dict(session.get_modelmeta().custom_metadata_map)
 
     def predict(images: np.ndarray) -> np.ndarray:
-        return np.asarray(session.run(None, {INPUT_NAME: images})[0])
+        return np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: images})[0])
 
-    return predict, dict(session.get_modelmeta().custom_metadata_map)
+    def predict_with_embedding(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probabilities, embeddings = session.run([OUTPUT_NAME, EMBEDDING_NAME], {INPUT_NAME: images})
+        return np.asarray(probabilities), np.asarray(embeddings)
+
+    # Exports before the embedding output, and the int8 file, have probabilities only.
+    outputs = {output.name for output in session.get_outputs()}
+    return Engine(predict, metadata, predict_with_embedding if EMBEDDING_NAME in outputs else None)
 
 
-def _load_aoti(path: Path, threads: int) -> tuple[Predict, dict[str, str]]:
+def _load_aoti(path: Path, threads: int) -> Engine:
     with quieter_loggers("torch.utils.cpp_extension", level=logging.ERROR):  # a CUDA notice
         package = torch._inductor.aoti_load_package(str(path))
-    return numpy_predict(package), dict(package.get_metadata())
+    return Engine(numpy_predict(package), dict(package.get_metadata()))
 
 
-def _load_torchscript(path: Path, threads: int) -> tuple[Predict, dict[str, str]]:
+def _load_torchscript(path: Path, threads: int) -> Engine:
     extra_files = {METADATA_FILE: ""}
     with without_jit_deprecation():
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files)
-    return numpy_predict(module), json.loads(extra_files[METADATA_FILE] or "{}")
+    return Engine(numpy_predict(module), json.loads(extra_files[METADATA_FILE] or "{}"))

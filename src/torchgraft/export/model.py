@@ -20,6 +20,7 @@ from torch import nn
 
 from torchgraft.artifact import Run
 from torchgraft.models import load_model
+from torchgraft.models.classifier import GraftedClassifier
 from torchgraft.probabilities import calibrated_probabilities
 
 # Keys of the metadata every exported file carries (ONNX metadata_props, the AOTInductor
@@ -41,6 +42,32 @@ class ProbabilityModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return calibrated_probabilities(self.classifier(images), self.temperature, dim=1)
+
+
+class ProbabilityAndEmbeddingModel(nn.Module):
+    """The probabilities and, from the same pass, the (N, D) embedding that scores how
+    unfamiliar an image is (evaluate.familiar): a Predictor on an export with it keeps the
+    unfamiliar scores eager PyTorch gives."""
+
+    def __init__(self, model: ProbabilityModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        classifier: GraftedClassifier = self.model.classifier  # type: ignore[assignment]
+        embedding, logits = classifier.embedding_and_logits(images)
+        probabilities = calibrated_probabilities(logits, self.model.temperature, dim=1)
+        return probabilities, embedding.float()
+
+
+def with_embedding(model: ProbabilityModel, example: torch.Tensor) -> ProbabilityAndEmbeddingModel:
+    """`model` with the embedding output, run once eagerly so that the classifier settles
+    whether its logits come from the embedding's pass (a data-dependent check that an
+    exporter cannot trace)."""
+    combined = ProbabilityAndEmbeddingModel(model).eval()
+    with torch.no_grad():
+        combined(example)
+    return combined
 
 
 @dataclass

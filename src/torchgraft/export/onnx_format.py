@@ -7,24 +7,29 @@ from pathlib import Path
 
 import torch
 
-from torchgraft.export.model import ExportInputs, dynamic_batch, quieter_loggers
+from torchgraft.export.model import ExportInputs, dynamic_batch, quieter_loggers, with_embedding
 
 logger = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
+EMBEDDING_NAME = "embedding"  # second output: what torchgraft's unfamiliar score is made from
 ONNX_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "onnxruntime")
 
 
-def export_onnx(inputs: ExportInputs, path: Path) -> None:
-    """model.onnx: uint8 `images` (batch, C, H, W) in, float32 `probabilities` out."""
+def export_onnx(inputs: ExportInputs, path: Path, embedding: bool = True) -> None:
+    """model.onnx: uint8 `images` (batch, C, H, W) in, float32 `probabilities` (batch,
+    classes) out and, with `embedding`, the float32 `embedding` (batch, D) that torchgraft's
+    Predictor scores unfamiliar inputs with."""
+    model = with_embedding(inputs.model, inputs.example) if embedding else inputs.model
+    outputs = [OUTPUT_NAME, EMBEDDING_NAME] if embedding else [OUTPUT_NAME]
     with quieter_loggers(*ONNX_LOGGERS):
         program = torch.onnx.export(
-            inputs.model,
+            model,
             (inputs.example,),
             dynamo=True,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=outputs,
             dynamic_shapes=dynamic_batch(),
             verbose=False,
         )

@@ -35,7 +35,7 @@ def export_onnx_int8(inputs: ExportInputs, path: Path) -> None:
     logger.info("calibrating int8 quantization on %d training images", len(images))
     with tempfile.TemporaryDirectory(prefix="torchgraft-int8-") as folder:
         float_path, prepared = Path(folder) / "float.onnx", Path(folder) / "prepared.onnx"
-        export_onnx(inputs, float_path)
+        export_onnx(inputs, float_path, embedding=False)  # int8 embeddings would mis-score
         # Shape inference and graph optimisation first, as onnxruntime recommends.
         with quieter_loggers(*ONNX_LOGGERS):
             quant_pre_process(str(float_path), str(prepared))

@@ -25,7 +25,6 @@ FastAPI is imported here and only here: `import torchgraft` does not pay for it.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from torchgraft.data.decode import (
     allowed_formats,
     decode_bytes,
 )
+from torchgraft.devices import usable_cpus
 from torchgraft.errors import UserError
 from torchgraft.serve.batching import Batcher
 from torchgraft.serve.limits import BodyDeadline, ModelTurns, Pending, Workers
@@ -134,9 +134,8 @@ def check_max_pixels(max_pixels: int) -> None:
 
 
 def default_workers() -> int:
-    """How many uploads decode and classify at once: one per CPU this process may use."""
-    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    return max(1, len(usable) if usable else os.cpu_count() or 1)
+    """How many uploads decode at once: one per CPU this process may use."""
+    return usable_cpus()
 
 
 @dataclass(frozen=True)

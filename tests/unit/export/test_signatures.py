@@ -132,14 +132,17 @@ def test_planted_exports_with_a_forged_parity_json_are_never_loaded(
 
 def test_a_named_export_engine_predicts_as_eager_pytorch(exported: ExportReport) -> None:
     run = Run.load(exported.folder.parent)
-    (eager_record,), eager = api.predict(run, png(), top_k=3, probabilities=True)
+    (eager_record,), eager = api.predict(run, png(), top_k=3, engine="eager", probabilities=True)
     assert eager_record.unfamiliar is not None
     for engine in ("onnx", "aoti", "torchscript"):
         (record,), probabilities = api.predict(
             run, png(), top_k=3, engine=engine, probabilities=True
         )
         np.testing.assert_allclose(probabilities, eager, atol=1e-4)
-        assert record.unfamiliar is record.is_unfamiliar is None  # logits only: no embedding
+        if engine == "onnx":  # its second output is the embedding: the same score
+            assert record.unfamiliar == pytest.approx(eager_record.unfamiliar, abs=1e-5)
+        else:  # probabilities only
+            assert record.unfamiliar is record.is_unfamiliar is None
     with TestClient(create_app(Predictor.from_run(run, "cpu", engine="onnx"))) as client:
         assert client.get("/health").json()["engine"] == "onnx"
         answer = client.post("/predict", content=png(), headers={"content-type": "image/png"})

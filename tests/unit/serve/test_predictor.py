@@ -1,3 +1,4 @@
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,7 @@ from PIL import Image
 
 from torchgraft import api
 from torchgraft.errors import UserError
+from torchgraft.serve.predictor import Scores
 from torchgraft.testing import class_image
 
 
@@ -111,3 +113,39 @@ def test_each_prediction_says_how_unfamiliar_its_image_is(tiny_run: Path) -> Non
     # The score comes from the same pass as the probabilities, which stay as they were.
     probabilities = predictor.predict_proba([class_image(1, 32, seed=5), chelsea()])
     assert [shape.probability, cat.probability] == pytest.approx(probabilities.max(1), abs=1e-6)
+
+
+def test_the_next_batch_decodes_while_the_model_classifies_this_one(
+    tiny_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of 2 from 6 images: while the first batch is with the model, the images of
+    the second are decoded by the pool (the model waits until it sees one)."""
+    predictor = api.predictor(tiny_run, batch_size=2)
+    decoded: set[int] = set()
+    second_batch_started = threading.Event()
+    real_preprocess, real_score = predictor.preprocess, predictor.score
+
+    def preprocess(image: np.ndarray) -> torch.Tensor:
+        index = int(image[0, 0, 0])  # each test image carries its index in one pixel
+        decoded.add(index)
+        if index in (2, 3):
+            second_batch_started.set()
+        return real_preprocess(image)
+
+    overlapped = []
+
+    def score(pixels: torch.Tensor, unfamiliar: bool = True) -> Scores:
+        if not overlapped:  # the first batch: wait (bounded) for the pool to move on
+            overlapped.append(second_batch_started.wait(timeout=30))
+        return real_score(pixels, unfamiliar)
+
+    monkeypatch.setattr(predictor, "preprocess", preprocess)
+    monkeypatch.setattr(predictor, "score", score)
+    images = []
+    for index in range(6):
+        image = class_image(index % 3, 32, seed=index)
+        image[0, 0, 0] = index
+        images.append(image)
+    records = predictor.predict(images)
+    assert overlapped == [True]
+    assert decoded == set(range(6)) and all(record.ok for record in records)
