@@ -17,9 +17,10 @@ def new_figure(width: float, height: float) -> Any:
     return figure
 
 
-def to_png(figure: Any) -> bytes:
-    """The figure, laid out tightly, as PNG bytes."""
-    figure.tight_layout()
+def to_png(figure: Any, laid_out: bool = False) -> bytes:
+    """The figure, laid out tightly (unless the caller has `laid_out` it), as PNG bytes."""
+    if not laid_out:
+        figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()

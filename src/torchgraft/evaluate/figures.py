@@ -80,8 +80,13 @@ def reliability_png(panels: Sequence[tuple[str, list[dict[str, float]], float]])
     return to_png(figure)
 
 
-def top_losses_png(tiles: Sequence[Any], captions: Sequence[str], columns: int = 4) -> bytes:
-    """A grid of images (PIL, e.g. image and Grad-CAM side by side) with their captions."""
+def top_losses_png(
+    tiles: Sequence[Any], captions: Sequence[str], columns: int = 4, colour_bar: str = ""
+) -> bytes:
+    """A grid of images (PIL, e.g. image and Grad-CAM side by side) with their captions;
+    with `colour_bar`, the heatmaps' scale (jet, low to high) beside them, so labelled."""
+    from matplotlib.cm import ScalarMappable
+
     rows = max(1, -(-len(tiles) // columns))
     figure = new_figure(4.0 * columns, 2.4 * rows)
     for index, (tile, caption) in enumerate(zip(tiles, captions, strict=True), start=1):
@@ -89,7 +94,15 @@ def top_losses_png(tiles: Sequence[Any], captions: Sequence[str], columns: int =
         axes.imshow(np.asarray(tile))
         axes.set_title(caption, fontsize=8)
         axes.axis("off")
-    return to_png(figure)
+    if not colour_bar:
+        return to_png(figure)
+    figure.tight_layout(rect=(0, 0, 0.93, 1))  # the grid first, leaving a margin for the bar
+    scale = figure.colorbar(
+        ScalarMappable(cmap="jet"), cax=figure.add_axes((0.94, 0.2, 0.012, 0.6))
+    )
+    scale.set_ticks([0, 1], labels=["low", "high"])
+    scale.set_label(colour_bar)
+    return to_png(figure, laid_out=True)
 
 
 def training_curves_png(metrics_csv: Path) -> bytes | None:

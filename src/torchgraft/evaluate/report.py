@@ -80,14 +80,16 @@ def top_losses_figure(run: Run, evaluation: Evaluation, scored: Scored) -> bytes
         logger.info("top losses without Grad-CAM: %s", error)
         heatmaps = torch.zeros(images.shape[0], *images.shape[-2:])
     tiles = [
-        side_by_side(image, heatmap, 160) for image, heatmap in zip(images, heatmaps, strict=True)
+        side_by_side(image, heatmap, 160, colour_bar=False)  # the figure has one for all
+        for image, heatmap in zip(images, heatmaps, strict=True)
     ]
+    names = run.info.display_names
     captions = [
-        f"true {x.true_class} ({x.true_probability:.0%}), said {x.predicted_class} "
-        f"({x.probability:.0%})"
+        f"true {names[x.true_index]} ({x.true_probability:.0%}), said "
+        f"{names[x.predicted_index]} ({x.probability:.0%})"
         for x in losses
     ]
-    return figures.top_losses_png(tiles, captions)
+    return figures.top_losses_png(tiles, captions, colour_bar="Grad-CAM of the class said")
 
 
 def log_to_tensorboard(run: Run, pngs: dict[str, bytes]) -> None:

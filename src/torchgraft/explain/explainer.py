@@ -27,9 +27,11 @@ BATCH_SIZE = 32
 class Explanation:
     source: str  # the image file
     class_name: str  # the class the heatmap explains
+    display_name: str  # ... by its display name, the caption of the PNG
     probability: float  # the model's calibrated probability for that class
     predicted: str  # the class the model predicts
-    heatmap_path: Path  # the PNG: the image and its Grad-CAM overlay side by side
+    heatmap_path: Path  # the PNG: the image and its Grad-CAM overlay side by side, the colour
+    # scale on the right, the display name and probability above
 
 
 @dataclass
@@ -72,12 +74,15 @@ def explain_images(
         probabilities = calibrated_probabilities(logits, run.info.temperature, dim=1)
         for row, (source, pixels) in enumerate(chunk):
             path = output / png_name(Path(source).stem, used_names)
-            save_png(side_by_side(pixels, cam.heatmaps[row]), path)
             explained = int(cam.class_indices[row])
+            display_name = run.info.display_names[explained]
+            caption = f"{display_name} {probabilities[row, explained]:.0%}"
+            save_png(side_by_side(pixels, cam.heatmaps[row], caption=caption), path)
             result.explained.append(
                 Explanation(
                     source,
                     run.info.class_names[explained],
+                    display_name,
                     float(probabilities[row, explained]),
                     run.info.class_names[int(probabilities[row].argmax())],
                     path,

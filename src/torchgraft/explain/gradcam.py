@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from torchgraft.errors import UserError
 from torchgraft.models import GraftedClassifier
@@ -66,16 +66,45 @@ def overlay(image: torch.Tensor, heatmap: torch.Tensor, alpha: float = 0.45) -> 
     return Image.fromarray((blended * 255).round().astype(np.uint8))
 
 
-def side_by_side(image: torch.Tensor, heatmap: torch.Tensor, min_size: int = 224) -> Image.Image:
-    """The image and its overlay next to each other, enlarged so small images stay visible."""
+def side_by_side(
+    image: torch.Tensor, heatmap: torch.Tensor, min_size: int = 224, *,
+    caption: str = "", colour_bar: bool = True,
+) -> Image.Image:  # fmt: skip
+    """The image and its overlay next to each other, enlarged so small images stay visible;
+    with `colour_bar`, the heatmap's scale on the right (low to high evidence), and with a
+    `caption`, a line of text above (the class explained, by its display name)."""
     rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
     plain = enlarge(Image.fromarray(rgb.permute(1, 2, 0).cpu().numpy()), min_size,
                     Image.Resampling.NEAREST)  # fmt: skip
     blended = enlarge(overlay(image, heatmap), min_size)
-    canvas = Image.new("RGB", (plain.width * 2, plain.height))
-    canvas.paste(plain, (0, 0))
-    canvas.paste(blended, (plain.width, 0))
+    parts = [plain, blended, *([colour_scale(plain.height)] if colour_bar else [])]
+    band = CAPTION_HEIGHT if caption else 0
+    canvas = Image.new("RGB", (sum(part.width for part in parts), plain.height + band), "white")
+    left = 0
+    for part in parts:
+        canvas.paste(part, (left, band))
+        left += part.width
+    if caption:
+        ImageDraw.Draw(canvas).text((4, 3), caption, fill="black")
     return canvas
+
+
+CAPTION_HEIGHT = 16  # px of the text band above a captioned side-by-side
+SCALE_WIDTH = 44  # px of the colour scale: a 12 px bar and its labels
+
+
+def colour_scale(height: int) -> Image.Image:
+    """The heatmap's colours as a vertical bar, "high" at the top and "low" at the bottom."""
+    from matplotlib import colormaps
+
+    values = np.linspace(1, 0, height, dtype=np.float32)[:, None].repeat(12, axis=1)
+    bar = Image.fromarray((colormaps["jet"](values)[..., :3] * 255).astype(np.uint8))
+    scale = Image.new("RGB", (SCALE_WIDTH, height), "white")
+    scale.paste(bar, (2, 0))
+    draw = ImageDraw.Draw(scale)
+    draw.text((16, 0), "high", fill="black")
+    draw.text((16, height - 12), "low", fill="black")
+    return scale
 
 
 def enlarge(

@@ -22,13 +22,16 @@ PILLOW_RESIZE = {
     "squash": "image.resize(($size, $size), $filter)",
 }
 
-TEMPLATE = """# Exported model: $model_name
+INTRO = """# Exported model: $model_name
 
 Written by `graft export` from the run in `$run_path`. Every file below was checked against
 eager PyTorch on $images real images; `parity.json` holds the numbers.
 
 $files
+"""
 
+# Only where a code format (model.pt2, model.ts) was written.
+TRUST = """
 ## Only load exports you trust
 
 `model.pt2` and `model.ts` are **code**: loading a .pt2 runs the native shared library
@@ -41,7 +44,9 @@ the user who exported, kept outside the run). torchgraft loads a .pt2 or .ts fil
 that signature checks out on the machine loading it, or when asked by name (`--engine aoti`,
 `load_exported(path, allow_code=True)`). `parity.json` is a report, not a proof: anyone can
 write one. Load code exports from elsewhere only if you trust whoever made them.
+"""
 
+CONTRACT = """
 ## Input contract (every format)
 
 - Input `images`: **uint8**, shape **(N, $channels, $size, $size)**, channels first, $colour,
@@ -54,9 +59,17 @@ write one. Load code exports from elsewhere only if you trust whoever made them.
 
 $classes
 
-The same facts are stored in each file's metadata (`torchgraft.*` keys: ONNX metadata_props,
-the .pt2 package metadata, `torchgraft.json` inside model.ts).
+The same facts are stored in each exported file's metadata (its `torchgraft.*` keys).
+"""
 
+# Only where model.onnx was written: its second output.
+EMBEDDING = """
+`model.onnx` has a second output, `embedding` (float32, N x D): what torchgraft's
+`graft predict` and `graft serve` score unfamiliar inputs with, against the run's
+`familiar.safetensors`. Ask for `probabilities` by name, or take the first output.
+"""
+
+PYTHON_ONNX = """
 ## Python (onnxruntime)
 
 ```python
@@ -64,11 +77,11 @@ import numpy as np
 import onnxruntime
 from PIL import Image, ImageOps
 
-session = onnxruntime.InferenceSession("model.onnx")
+session = onnxruntime.InferenceSession("$onnx_file")
 image = Image.open("image.jpg").convert("$pil_mode")
 image = $pillow_resize
 pixels = $pixels  # (1, $channels, $size, $size) uint8
-probabilities = session.run(None, {"images": pixels})[0]
+(probabilities,) = session.run(["probabilities"], {"images": pixels})
 names = session.get_modelmeta().custom_metadata_map["torchgraft.display_names"].split("\\n")
 print(names[int(probabilities[0].argmax())])
 ```
@@ -76,7 +89,9 @@ print(names[int(probabilities[0].argmax())])
 Pillow's resampling is close to, not bit-identical with, torchvision's; for exactly the
 training pixels use `torchgraft.Predictor.from_run(run).preprocess(path)` (a uint8 tensor).
 `torchgraft.export.load_exported(path)` loads any of these files behind one call.
+"""
 
+CPP_AOTI = """
 ## C++ (AOTInductor)
 
 `model.pt2` is native code for this machine's CPU family and this torch version
@@ -102,7 +117,9 @@ at::Tensor probabilities = loader.run({images})[0];
 int64_t top1 = probabilities.argmax(1).item<int64_t>();
 std::string names = loader.get_metadata()["torchgraft.display_names"];  // one per line
 ```
+"""
 
+TORCHSCRIPT = """
 TorchScript (`model.ts`) is a legacy format, deprecated in current PyTorch: prefer model.pt2
 or model.onnx.
 """
@@ -119,7 +136,19 @@ def readme_text(folder: Path, run: Run, images: int, recorded: dict[str, Any]) -
     grey = prep.channels == 1
     pil_filter = f"Image.Resampling.{prep.interpolation.upper()}"
     resize = Template(PILLOW_RESIZE[prep.resize_mode]).substitute(size=size, filter=pil_filter)
-    return Template(TEMPLATE).substitute(
+    written = {name for name, spec in FORMATS.items() if (folder / spec.file_name).exists()}
+    onnx_files = [FORMATS[name].file_name for name in ("onnx", "onnx-int8") if name in written]
+    sections = [
+        INTRO,
+        TRUST if written & {"aoti", "torchscript"} else "",
+        CONTRACT,
+        EMBEDDING if "onnx" in written else "",
+        PYTHON_ONNX if onnx_files else "",
+        CPP_AOTI if "aoti" in written else "",
+        TORCHSCRIPT if "torchscript" in written else "",
+    ]
+    return Template("".join(sections)).substitute(
+        onnx_file=onnx_files[0] if onnx_files else "",
         model_name=info.model_name,
         run_path=run.path,
         images=images,

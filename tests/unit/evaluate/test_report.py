@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,32 @@ def test_a_failed_evaluation_does_not_fail_a_finished_training(
     assert (run.path / "model.safetensors").is_file()
     assert "the evaluation failed (figure too large)" in caplog.text
     assert "graft evaluate --run" in caplog.text
+
+
+def test_the_top_losses_figure_names_classes_by_display_name(
+    copied_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torchgraft import api
+    from torchgraft.evaluate import figures
+    from torchgraft.testing import make_image_folder
+
+    run = api.load_run(copied_run)
+    run.info.display_names = ["Circle", "Square", "Triangle"]
+    run.save_info()
+    drawn: dict[str, object] = {}
+    real_figure = figures.top_losses_png
+
+    def capture(tiles: list[object], captions: list[str], **options: str) -> bytes:
+        drawn.update(captions=captions, **options)
+        return real_figure(tiles, captions, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(figures, "top_losses_png", capture)
+    test_folder = make_image_folder(copied_run.parent / "test", per_class=4)
+    for path in sorted((test_folder / "circle").iterdir())[:2]:  # mislabelled: mistakes to show
+        path.rename(test_folder / "square" / f"was-circle-{path.name}")
+    api.evaluate(run, test_folder, quiet=True)
+    captions = drawn["captions"]
+    assert isinstance(captions, list) and captions
+    names = r"(Circle|Square|Triangle)"
+    assert all(re.fullmatch(rf"true {names} \(\d+%\), said {names} \(\d+%\)", c) for c in captions)
+    assert drawn["colour_bar"]  # the heatmaps' scale is on the figure

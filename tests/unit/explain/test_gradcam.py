@@ -3,6 +3,7 @@ coloured square must be shown looking at that square."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from PIL import Image
 from torchgraft import api
 from torchgraft.errors import UserError
 from torchgraft.explain import grad_cam
+from torchgraft.explain.gradcam import CAPTION_HEIGHT, SCALE_WIDTH
 from torchgraft.models import create_classifier, load_model
 from torchgraft.testing import PATCH_CLASSES, make_patch_folder, patch_image
 
@@ -70,8 +72,13 @@ def test_explain_writes_overlays_and_skips_unreadable_files(
                          output_dir=tmp_path / "out")  # fmt: skip
     assert [x.class_name for x in result.explained] == ["red_patch"]
     assert result.skipped[0][0].endswith("broken.jpg")
-    overlay = Image.open(result.explained[0].heatmap_path)
-    assert overlay.width == 2 * overlay.height  # the image and its overlay side by side
+    figure = np.asarray(Image.open(result.explained[0].heatmap_path).convert("RGB"))
+    side = 224  # 32 px enlarged 7x: the image, its overlay, then the colour scale
+    assert figure.shape == (CAPTION_HEIGHT + side, 2 * side + SCALE_WIDTH, 3)
+    bar = figure[CAPTION_HEIGHT:, 2 * side + 2 : 2 * side + 14].astype(int)
+    assert bar[0].mean(0)[0] > 100 and bar[0].mean(0)[2] < 50  # high: red at the top
+    assert bar[-1].mean(0)[2] > 100 and bar[-1].mean(0)[0] < 50  # low: blue at the bottom
+    assert (figure[:CAPTION_HEIGHT, :60] < 100).any()  # the caption's dark text
 
     single = api.explain(patch_run, str(tmp_path / "red.png"), output_dir=tmp_path / "out")
     assert [x.source for x in single.explained] == [str(tmp_path / "red.png")]  # not 'r', 'e'...
@@ -80,6 +87,17 @@ def test_explain_writes_overlays_and_skips_unreadable_files(
                          output_dir=tmp_path / "out")  # fmt: skip
     assert forced.explained[0].class_name == "blue_patch"
     assert forced.explained[0].probability < 0.5 < result.explained[0].probability
+
+
+def test_explanations_are_captioned_with_display_names(patch_run: Path, tmp_path: Path) -> None:
+    run = api.load_run(shutil.copytree(patch_run, tmp_path / "run"))  # shared runs: read-only
+    shown = {"red_patch": "Red square", "blue_patch": "Blue square"}
+    run.info.display_names = [shown[name] for name in run.info.class_names]
+    run.save_info()
+    image, _, _ = patch_image(1, SIZE, PATCH, seed=7)
+    Image.fromarray(image).save(tmp_path / "blue.png")
+    (explained,) = api.explain(run, [tmp_path / "blue.png"], output_dir=tmp_path / "out").explained
+    assert (explained.class_name, explained.display_name) == ("blue_patch", "Blue square")
 
 
 def test_unknown_class_names_the_choices(patch_run: Path, tmp_path: Path) -> None:

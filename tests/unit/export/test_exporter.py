@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from torchgraft import api
 from torchgraft.artifact import Run
 from torchgraft.errors import GraftRuntimeError, UserError
 from torchgraft.export import FORMATS, PARITY_FILE, ExportReport, export_run, load_exported
@@ -20,6 +23,7 @@ from torchgraft.export.images import parity_images
 from torchgraft.export.model import ExportInputs
 from torchgraft.export.parity import FLOAT_TOLERANCE, NOISE_FACTOR, Reference, failure_reason
 from torchgraft.models import load_model
+from torchgraft.testing import class_image
 
 
 def eager_probabilities(run: Run, pixels: np.ndarray) -> np.ndarray:
@@ -173,6 +177,23 @@ def test_parity_file_collects_formats_exported_one_at_a_time(fresh_run: Run) -> 
     listed = [line for line in readme.splitlines() if line.startswith("- `model.")]
     assert listed == [f"- `model.onnx`: {FORMATS['onnx'].description}",
                       f"- `model.ts`: {FORMATS['torchscript'].description}"]  # fmt: skip
+
+
+def test_the_readme_of_an_onnx_export_documents_onnx_alone_and_its_example_runs(
+    fresh_run: Run, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = export_run(fresh_run, "onnx", quiet=True).folder
+    readme = (folder / "README.md").read_text()
+    assert "`embedding`" in readme
+    for absent in ("model.pt2", "model.ts", "AOTInductor", "TorchScript", "signatures.json"):
+        assert absent not in readme, absent
+    # The Python example, as written, on a JPEG in the exports folder.
+    (example,) = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+    Image.fromarray(class_image(2, 48, seed=5)).save(folder / "image.jpg")
+    monkeypatch.chdir(folder)
+    exec(compile(example, "exports/README.md", "exec"), {})
+    (expected,) = api.predict(fresh_run, folder / "image.jpg", engine="eager")
+    assert capsys.readouterr().out.strip() == expected.display_name == "triangle"
 
 
 def test_readme_states_the_input_contract(exported: ExportReport) -> None:
