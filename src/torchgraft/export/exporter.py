@@ -3,7 +3,9 @@
 Export reads the run directory only (graft.json, model.safetensors) plus the run's own
 images for the parity check and int8 calibration. Every file lands in runs/NAME/exports/,
 with parity.json (the check's numbers: a report, not a voucher), signatures.json (what proves
-this user wrote the code files, `signatures`) and README.md (the input contract for deployers).
+this user wrote the code files, `signatures`), test_vectors/ (inputs and the probabilities
+eager PyTorch gives them, for a port to check itself) and README.md (the input contract for
+deployers).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from torchgraft.export.parity import (
 )
 from torchgraft.export.readme import write_readme
 from torchgraft.export.signatures import sign_or_warn
+from torchgraft.export.test_vectors import write_test_vectors
 from torchgraft.extras import require
 
 logger = logging.getLogger(__name__)
@@ -100,6 +103,10 @@ def export_run(
         folder, images.source, reference.float32_error, reference.float_tolerance, results
     )
     recorded = write_parity(report, model_identity(run))
+    write_test_vectors(
+        folder, images.pixels, images.labels, reference.probabilities, run.info.class_names,
+        reference.float_tolerance,
+    )  # fmt: skip
     write_readme(folder, run, len(images.labels), recorded)
     raise_on_failure(report)
     return report

@@ -62,6 +62,16 @@ $classes
 The same facts are stored in each exported file's metadata (its `torchgraft.*` keys).
 """
 
+TEST_VECTORS = """
+## Test vectors
+
+`test_vectors/` holds a few validation images, each a PNG that is exactly one model input
+($size x $size, uint8, lossless), and `vectors.json` with the top-1 class and the
+probabilities eager PyTorch gives each. A port of this model to another runtime or language
+checks itself by decoding each PNG, adding a batch axis, running the model and comparing:
+the same top-1 class, and every probability within `tolerance`.
+"""
+
 # Only where model.onnx was written: its second output.
 EMBEDDING = """
 `model.onnx` has a second output, `embedding` (float32, N x D): what torchgraft's
@@ -142,6 +152,7 @@ def readme_text(folder: Path, run: Run, images: int, recorded: dict[str, Any]) -
         INTRO,
         TRUST if written & {"aoti", "torchscript"} else "",
         CONTRACT,
+        TEST_VECTORS,
         EMBEDDING if "onnx" in written else "",
         PYTHON_ONNX if onnx_files else "",
         CPP_AOTI if "aoti" in written else "",
