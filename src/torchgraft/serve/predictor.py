@@ -24,6 +24,7 @@ are used only when named. The eager model stays loaded in any case, for Grad-CAM
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 from collections import deque
@@ -345,8 +346,6 @@ def choose_engine(
 def onnx_is_current(run: Run) -> bool:
     """Whether the run has a float ONNX export of its current weights and onnxruntime can
     run it here (a lean install has no onnxruntime)."""
-    import importlib.util
-
     from torchgraft.export.exporter import checked_formats
 
     return "onnx" in checked_formats(run) and importlib.util.find_spec("onnxruntime") is not None
