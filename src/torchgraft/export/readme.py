@@ -150,7 +150,7 @@ def readme_text(folder: Path, run: Run, images: int, recorded: dict[str, Any]) -
     onnx_files = [FORMATS[name].file_name for name in ("onnx", "onnx-int8") if name in written]
     sections = [
         INTRO,
-        TRUST if written & {"aoti", "torchscript"} else "",
+        TRUST if any(FORMATS[name].code for name in written) else "",
         CONTRACT,
         TEST_VECTORS,
         EMBEDDING if "onnx" in written else "",

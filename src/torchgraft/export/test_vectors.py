@@ -73,7 +73,8 @@ def write_test_vectors(
 def pick(labels: np.ndarray, count: int) -> list[int]:
     """Up to `count` indices: the first image of each class, then the next ones in order."""
     firsts = [int(np.flatnonzero(labels == label)[0]) for label in np.unique(labels)]
-    rest = [index for index in range(len(labels)) if index not in set(firsts)]
+    taken = set(firsts)
+    rest = [index for index in range(len(labels)) if index not in taken]
     return sorted((firsts + rest)[:count])
 
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 import torch
 
 from torchgraft.serve.predictor import Scores
-from torchgraft.serve.server import check_batching
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +43,9 @@ class Batcher:
     """Gathers images from concurrent requests into batches for `run_model`.
 
     `run_model` takes a (N, C, S, S) uint8 batch and returns its Scores; `on_batch` hears
-    each batch's size (for /metrics). The gathering task starts on first use, inside the
-    event loop that serves the requests, and again if that loop changes (a test client).
+    each batch's size (for /metrics). The settings are checked once, by `ServerSettings`.
+    The gathering task starts on first use, inside the event loop that serves the requests,
+    and again if that loop changes (a test client).
     """
 
     run_model: RunModel
@@ -55,9 +55,6 @@ class Batcher:
     _waiting: list[Waiting] = field(default_factory=list, init=False)
     _arrived: asyncio.Event | None = field(default=None, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
-
-    def __post_init__(self) -> None:
-        check_batching(self.max_batch, self.max_wait)
 
     async def score(self, pixels: torch.Tensor) -> tuple[Scores, int]:
         """The Scores of the batch that classified `pixels`, and the row that is its own."""

@@ -52,18 +52,13 @@ class ServerSettings:
     def __post_init__(self) -> None:
         for field in fields(self):
             value = getattr(self, field.name)
-            if field.name != "max_wait" and not value > 0:
+            if field.name != "max_wait" and not value > 0:  # max_wait 0: no waiting
                 raise UserError(f"server setting {field.name} must be positive, got {value}")
-        check_batching(self.max_batch, self.max_wait)
-
-
-def check_batching(max_batch: int, max_wait: float) -> None:
-    if max_batch < 1:
-        raise UserError(f"max batch {max_batch}: at least 1 image per model call (1: no batching)")
-    if not 0 <= max_wait <= 1:
-        raise UserError(
-            f"max wait {max_wait:g} s: choose from 0 to 1 second (a few milliseconds is usual)"
-        )
+        if not 0 <= self.max_wait <= 1:
+            raise UserError(
+                f"max wait {self.max_wait:g} s: choose from 0 to 1 second (a few milliseconds "
+                "is usual)"
+            )
 
 
 def idle_timeout_protocol(idle_timeout: float) -> type[asyncio.Protocol]:
